@@ -1,0 +1,114 @@
+"""The embedded, in-process log (``memory://``): the default for one process.
+
+It honours the same contract as Redis, including Redis-style IDs, trimming with an exact
+record of the greatest trimmed ID, and idempotency keys. It is not shared between
+processes: ``pushsvc serve --workers N`` needs ``redis://``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import time
+from collections import deque
+from collections.abc import Sequence
+
+from pushsvc.backends.base import Backend, ListenerStatus, Message, ReadResult, Retention
+from pushsvc.protocol.events import Event, Gap
+from pushsvc.protocol.ids import ZERO, StreamId
+
+
+class _Log:
+    __slots__ = ("events", "idem", "ids", "last", "max_deleted")
+
+    def __init__(self) -> None:
+        self.events: deque[Event] = deque()
+        self.ids: deque[StreamId] = deque()
+        self.last: StreamId = ZERO
+        self.max_deleted: StreamId = ZERO
+        self.idem: dict[str, tuple[float, Event]] = {}
+
+
+class MemoryBackend(Backend):
+    def __init__(self, url: str = "memory://", retention: Retention | None = None) -> None:
+        super().__init__(retention or Retention())
+        self._logs: dict[str, _Log] = {}
+        self._listening: set[str] = set()
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._listening.clear()
+
+    def _log(self, channel: str) -> _Log:
+        log = self._logs.get(channel)
+        if log is None:
+            log = self._logs[channel] = _Log()
+        return log
+
+    def _next_id(self, log: _Log) -> StreamId:
+        ms = int(time.time() * 1000)
+        last_ms, last_seq = log.last
+        return (ms, 0) if ms > last_ms else (last_ms, last_seq + 1)
+
+    async def append_many(self, messages: Sequence[Message]) -> list[Event]:
+        out: list[Event] = []
+        now = time.monotonic()
+        for m in messages:
+            log = self._log(m.channel)
+            if m.idempotency_key is not None:
+                seen = log.idem.get(m.idempotency_key)
+                if seen is not None and seen[0] > now:
+                    out.append(seen[1])
+                    continue
+            event = Event(m.channel, self._next_id(log), m.name, m.data, m.binary)
+            log.last = event.id
+            log.events.append(event)
+            log.ids.append(event.id)
+            if m.idempotency_key is not None:
+                log.idem[m.idempotency_key] = (now + self.retention.idempotency_ttl, event)
+                if len(log.idem) > 2 * self.retention.max_len:
+                    self._expire_idem(log, now)
+            self._trim(log)
+            out.append(event)
+            if self._sink is not None and m.channel in self._listening:
+                self._sink(event)
+        return out
+
+    def _expire_idem(self, log: _Log, now: float) -> None:
+        for key in [k for k, (exp, _) in log.idem.items() if exp <= now]:
+            del log.idem[key]
+
+    def _trim(self, log: _Log) -> None:
+        min_ms = int((time.time() - self.retention.max_age) * 1000)
+        while log.events and (
+            len(log.events) > self.retention.max_len or log.ids[0][0] < min_ms
+        ):
+            log.events.popleft()
+            log.max_deleted = log.ids.popleft()
+
+    async def read_after(self, channel: str, after: StreamId, limit: int) -> ReadResult:
+        log = self._logs.get(channel)
+        if log is None:
+            return ReadResult([], ZERO)
+        gap = Gap(channel, after, log.max_deleted) if log.max_deleted > after else None
+        start = bisect.bisect_right(log.ids, after)
+        events = list(itertools.islice(log.events, start, start + limit))
+        return ReadResult(events, log.last, gap)
+
+    async def top(self, channel: str) -> StreamId:
+        log = self._logs.get(channel)
+        return ZERO if log is None else log.last
+
+    async def listen(self, channel: str) -> None:
+        self._listening.add(channel)
+
+    async def unlisten(self, channel: str) -> None:
+        self._listening.discard(channel)
+
+    async def ping(self) -> None:
+        return None
+
+    def listener_status(self) -> ListenerStatus:
+        return ListenerStatus(True, 0, len(self._listening))

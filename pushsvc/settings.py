@@ -1,0 +1,126 @@
+"""One frozen ``Settings`` object holds every setting and limit with its default.
+
+``Settings.from_env()`` reads ``PUSHSVC_<FIELD>`` for each field (upper case); tuples are
+comma-separated. The CLI mirrors these fields one to one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pushsvc.exceptions import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    backend_url: str = "memory://"
+    # Token signing secrets: the first signs, all verify (rotation). Empty: generated.
+    secrets: tuple[str, ...] = ()
+    # Backend API keys for POST /v1/publish. Empty: generated.
+    api_keys: tuple[str, ...] = ()
+    # Browser origins allowed to open a WebSocket ("*" allows any; empty allows any origin
+    # only when no Origin header is sent, i.e. non-browser clients).
+    allowed_origins: tuple[str, ...] = ("*",)
+
+    # Retention of each channel's log.
+    retention_max_len: int = 10_000
+    retention_max_age: float = 24 * 3600.0
+    retention_approximate: bool = True
+
+    # Heartbeats and timeouts (seconds).
+    heartbeat_interval: float = 15.0
+    sse_retry_ms: int = 2_000
+    poll_timeout_default: float = 20.0
+    poll_timeout_max: float = 25.0
+    idle_timeout: float = 60.0
+
+    # Limits.
+    max_channel_length: int = 128
+    max_event_name_length: int = 64
+    max_channels_per_session: int = 64
+    max_publish_bytes: int = 64 * 1024
+    max_batch_messages: int = 100
+    max_frame_bytes: int = 128 * 1024
+    max_connections: int = 20_000
+    outbound_queue_messages: int = 1_000
+    outbound_queue_bytes: int = 4 * 1024 * 1024
+    history_page: int = 500
+    history_limit_max: int = 1_000
+    idempotency_ttl: float = 24 * 3600.0
+
+    # Token lifetimes.
+    token_ttl_default: float = 3600.0
+
+    def __post_init__(self) -> None:
+        for name in (
+            "heartbeat_interval",
+            "poll_timeout_default",
+            "poll_timeout_max",
+            "retention_max_age",
+        ):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        for name in (
+            "retention_max_len",
+            "max_channels_per_session",
+            "max_publish_bytes",
+            "max_frame_bytes",
+            "outbound_queue_messages",
+            "history_page",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1")
+
+    def with_generated_credentials(self) -> tuple[Settings, dict[str, str]]:
+        """Fill in an ephemeral secret and API key where none is configured.
+
+        Answers the new settings and what was generated (for the CLI to print).
+        """
+        generated: dict[str, str] = {}
+        new = self
+        if not self.secrets:
+            generated["secret"] = secrets.token_urlsafe(32)
+            new = dataclasses.replace(new, secrets=(generated["secret"],))
+        if not self.api_keys:
+            generated["api_key"] = secrets.token_urlsafe(24)
+            new = dataclasses.replace(new, api_keys=(generated["api_key"],))
+        return new, generated
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            key = "PUSHSVC_" + f.name.upper()
+            if key in env:
+                values[f.name] = _parse(f, env[key])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
+    default = f.default
+    try:
+        if isinstance(default, bool):
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, tuple):
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+    except ValueError as exc:
+        raise ConfigError(f"PUSHSVC_{f.name.upper()}: cannot parse {raw!r}") from exc
+    return raw
+
+
+__all__ = ["Settings"]
