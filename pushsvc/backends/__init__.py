@@ -28,4 +28,12 @@ def open_backend(url: str, retention: Retention | None = None) -> Backend:
     return backend
 
 
-__all__ = ["BACKENDS", "Backend", "ListenerStatus", "Message", "ReadResult", "Retention", "open_backend"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "ListenerStatus",
+    "Message",
+    "ReadResult",
+    "Retention",
+    "open_backend",
+]

@@ -82,9 +82,7 @@ class MemoryBackend(Backend):
 
     def _trim(self, log: _Log) -> None:
         min_ms = int((time.time() - self.retention.max_age) * 1000)
-        while log.events and (
-            len(log.events) > self.retention.max_len or log.ids[0][0] < min_ms
-        ):
+        while log.events and (len(log.events) > self.retention.max_len or log.ids[0][0] < min_ms):
             log.events.popleft()
             log.max_deleted = log.ids.popleft()
 

@@ -30,7 +30,11 @@ CLOSE_CODES: dict[int, tuple[str, str, bool]] = {
     WS_1009_MESSAGE_TOO_BIG: ("too-big", "a frame exceeded max_frame_bytes", True),
     WS_1011_INTERNAL_ERROR: ("internal", "server or backend failure", True),
     WS_1013_TRY_AGAIN_LATER: ("try-later", "connection limit reached", True),
-    WS_4000_HEARTBEAT_TIMEOUT: ("heartbeat", "no frame from the client within the idle timeout", True),
+    WS_4000_HEARTBEAT_TIMEOUT: (
+        "heartbeat",
+        "no frame from the client within the idle timeout",
+        True,
+    ),
     WS_4008_SLOW_CONSUMER: (
         "slow-consumer",
         "the outbound queue overflowed; resume from the last cursor loses nothing",

@@ -122,7 +122,10 @@ def sse_event(event: Event, cursor: str | None) -> bytes:
         frame: bytes | None = event.cache.get("sse1")
         if frame is None:
             frame = event.cache["sse1"] = (
-                _sse_prefix(event) + cursor_codec.VERSION.encode() + event.segment.encode() + b"\n\n"
+                _sse_prefix(event)
+                + cursor_codec.VERSION.encode()
+                + event.segment.encode()
+                + b"\n\n"
             )
         return frame
     return _sse_prefix(event) + cursor.encode() + b"\n\n"

@@ -22,7 +22,7 @@ def check_channel(name: object, max_length: int = 128) -> str:
         raise BadRequest(f"channel name longer than {max_length} characters")
     if not _CHANNEL_RE.fullmatch(name):
         raise BadRequest(
-            f"invalid channel name {name[:64]!r}: allowed characters are A-Z a-z 0-9 _ - : . @ = + /"
+            f"invalid channel name {name[:64]!r}: allowed are A-Z a-z 0-9 _ - : . @ = + /"
         )
     return name
 

@@ -1,0 +1,188 @@
+"""The HTTP API besides the streams: publish, negotiate, history, health."""
+
+from __future__ import annotations
+
+import json
+import secrets as _secrets
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from pushsvc.auth import Principal, credential_from
+from pushsvc.backends.base import Message
+from pushsvc.exceptions import BackendError, BadRequest, PayloadTooLarge, PushError
+from pushsvc.protocol import client_frames, frames
+from pushsvc.protocol.events import dump_json
+from pushsvc.protocol.ids import format_id, parse_id
+from pushsvc.protocol.names import check_channel, check_event_name
+from pushsvc.transports._common import state
+
+TRANSPORTS = ("websocket", "sse", "long-polling")
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise PayloadTooLarge(f"body over {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"body over {limit} bytes")
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest("body is not valid JSON") from exc
+
+
+def _message(obj: Any, settings: Any) -> Message:
+    if not isinstance(obj, dict):
+        raise BadRequest("a message must be a JSON object")
+    channel = check_channel(obj.get("channel"), settings.max_channel_length)
+    name = check_event_name(obj.get("event"), settings.max_event_name_length)
+    if "data_b64" in obj:
+        data, binary = client_frames.decode_b64(obj["data_b64"]), True
+    elif "data" in obj:
+        data, binary = dump_json(obj["data"]), False
+    else:
+        raise BadRequest("a message needs data (any JSON value) or data_b64 (base64)")
+    if len(data) > settings.max_publish_bytes:
+        raise PayloadTooLarge(f"message data over {settings.max_publish_bytes} bytes")
+    key = obj.get("idempotency_key")
+    if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 128):
+        raise BadRequest("idempotency_key must be a string of 1 to 128 characters")
+    return Message(channel, name, data, binary, key)
+
+
+async def publish(request: Request) -> Response:
+    settings, hub, auth = state(request.scope)
+    principal = auth.verify(credential_from(request.headers, request.query_params))
+    limit = settings.max_publish_bytes * settings.max_batch_messages + 4096
+    body = await read_json(request, limit)
+    batch = isinstance(body, dict) and "messages" in body
+    if batch:
+        raw = body["messages"]
+        if not isinstance(raw, list) or not raw:
+            raise BadRequest("messages must be a non-empty list")
+        if len(raw) > settings.max_batch_messages:
+            raise PayloadTooLarge(f"at most {settings.max_batch_messages} messages per batch")
+        messages = [_message(m, settings) for m in raw]
+    else:
+        messages = [_message(body, settings)]
+    for m in messages:
+        principal.check_publish(m.channel)
+    if not principal.is_api_key:
+        # a user's idempotency keys live in the user's own namespace
+        messages = [_scoped(m, principal) for m in messages]
+    events = await hub.backend.append_many(messages)
+    results = [{"channel": e.channel, "id": e.id_str} for e in events]
+    if batch:
+        return JSONResponse({"results": results})
+    return JSONResponse(results[0])
+
+
+def _scoped(m: Message, principal: Principal) -> Message:
+    if m.idempotency_key is None:
+        return m
+    return Message(
+        m.channel, m.name, m.data, m.binary, f"u:{principal.subject}:{m.idempotency_key}"
+    )
+
+
+async def negotiate(request: Request) -> Response:
+    settings, _, auth = state(request.scope)
+    principal = auth.verify(credential_from(request.headers, request.query_params))
+    return JSONResponse(
+        {
+            "session_id": _secrets.token_urlsafe(12),
+            "subject": principal.subject,
+            "transports": list(TRANSPORTS),
+            "endpoints": {
+                "websocket": "/v1/ws",
+                "sse": "/v1/sse",
+                "long-polling": "/v1/poll",
+                "publish": "/v1/publish",
+            },
+            "heartbeat_interval": settings.heartbeat_interval,
+            "token_expires_at": principal.expires_at,
+            "limits": {
+                "max_channels_per_session": settings.max_channels_per_session,
+                "max_publish_bytes": settings.max_publish_bytes,
+                "max_frame_bytes": settings.max_frame_bytes,
+                "max_batch_messages": settings.max_batch_messages,
+                "poll_timeout_max": settings.poll_timeout_max,
+                "outbound_queue_messages": settings.outbound_queue_messages,
+            },
+        }
+    )
+
+
+async def history(request: Request) -> Response:
+    settings, hub, auth = state(request.scope)
+    principal = auth.verify(credential_from(request.headers, request.query_params))
+    channel = check_channel(request.path_params["channel"], settings.max_channel_length)
+    principal.check_subscribe([channel])
+    query = request.query_params
+    after = parse_id(query["after"]) if query.get("after") else (0, 0)
+    raw_limit = query.get("limit", "100")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= settings.history_limit_max:
+        raise BadRequest(f"limit must be an integer from 1 to {settings.history_limit_max}")
+    result = await hub.backend.read_after(channel, after, int(raw_limit))
+    items = []
+    if result.gap is not None:
+        items.append(frames.poll_gap(result.gap))
+    items += [frames.poll_event(e) for e in result.events]
+    last = (
+        result.events[-1].id
+        if result.events
+        else max(after, result.gap.until if result.gap else after)
+    )
+    body = (
+        b'{"channel":'
+        + dump_json(channel)
+        + b',"events":['
+        + b",".join(items)
+        + b'],"top":"'
+        + format_id(result.top).encode()
+        + b'","next_after":"'
+        + format_id(last).encode()
+        + b'"}'
+    )
+    return Response(body, media_type="application/json")
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    _, hub, _ = state(request.scope)
+    started = time.perf_counter()
+    try:
+        await hub.backend.ping()
+    except PushError as exc:
+        return JSONResponse(
+            {"status": "unavailable", "backend": "down", "detail": exc.detail}, status_code=503
+        )
+    except Exception as exc:  # the readiness probe must answer, whatever the backend did
+        err = BackendError(str(exc))
+        return JSONResponse(
+            {"status": "unavailable", "backend": "down", "detail": err.detail}, status_code=503
+        )
+    listener = hub.backend.listener_status()
+    status = 200 if listener.connected else 503
+    return JSONResponse(
+        {
+            "status": "ok" if listener.connected else "unavailable",
+            "backend_rtt_ms": round((time.perf_counter() - started) * 1000, 3),
+            "listener": {
+                "connected": listener.connected,
+                "reconnects": listener.reconnects,
+                "channels": listener.channels,
+            },
+            "connections": len(hub.sessions),
+        },
+        status_code=status,
+    )

@@ -1,0 +1,85 @@
+"""``create_app(settings)``: the Starlette application.
+
+State lives on ``app.state`` (settings, auth, backend, hub): no module-level singletons,
+so several apps can live in one process and the app can be mounted in another
+Starlette/FastAPI application.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.routing import Route, WebSocketRoute
+
+from pushsvc import api
+from pushsvc.auth import Authenticator
+from pushsvc.backends import Retention, open_backend
+from pushsvc.errors import http_error_handler, push_error_handler, unexpected_error_handler
+from pushsvc.exceptions import PushError
+from pushsvc.hub import Hub
+from pushsvc.settings import Settings
+from pushsvc.transports.longpoll import poll_endpoint
+from pushsvc.transports.sse import sse_endpoint
+from pushsvc.transports.websocket import WebSocketTransport
+
+log = logging.getLogger("pushsvc")
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or Settings()
+    if not settings.secrets or not settings.api_keys:
+        settings, generated = settings.with_generated_credentials()
+        if generated:
+            log.warning("no secret/API key configured: generated ephemeral ones")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await hub.start()
+        try:
+            yield
+        finally:
+            await hub.close()
+
+    backend = open_backend(
+        settings.backend_url,
+        Retention(
+            max_len=settings.retention_max_len,
+            max_age=settings.retention_max_age,
+            approximate=settings.retention_approximate,
+            idempotency_ttl=settings.idempotency_ttl,
+        ),
+    )
+    hub = Hub(backend, settings)
+    routes = [
+        Route("/v1/publish", api.publish, methods=["POST"]),
+        Route("/v1/negotiate", api.negotiate, methods=["POST"]),
+        Route("/v1/sse", sse_endpoint, methods=["GET"]),
+        Route("/v1/poll", poll_endpoint, methods=["GET"]),
+        WebSocketRoute("/v1/ws", WebSocketTransport()),
+        Route("/v1/channels/{channel:path}/history", api.history, methods=["GET"]),
+        Route("/healthz", api.healthz, methods=["GET"]),
+        Route("/readyz", api.readyz, methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            PushError: push_error_handler,
+            HTTPException: http_error_handler,
+            Exception: unexpected_error_handler,
+        },
+    )
+    app.state.settings = settings
+    app.state.auth = Authenticator(settings.secrets, settings.api_keys)
+    app.state.backend = backend
+    app.state.hub = hub
+    return app
+
+
+def app_from_env() -> Starlette:
+    """Factory for ``uvicorn --factory pushsvc.app:app_from_env`` (and ``--workers``)."""
+    return create_app(Settings.from_env())

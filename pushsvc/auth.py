@@ -1,0 +1,138 @@
+"""Client tokens and backend API keys.
+
+A client token is an itsdangerous-signed JSON payload::
+
+    {"sub": "alice", "exp": 1767225600, "sub_g": ["chat:*"], "pub_g": ["chat:*"],
+     "pres_g": ["chat:*"], "meta": {...}}
+
+Grants are ``fnmatch`` patterns (``*`` matches anything, including ``:``). Tokens are
+signed with the first of ``Settings.secrets`` and verified with any of them (rotation).
+API keys are opaque strings from ``Settings.api_keys``; they may publish anywhere and read
+any channel. Credentials are never logged.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Any
+
+from itsdangerous import BadSignature, URLSafeSerializer
+
+from pushsvc.exceptions import Forbidden, Unauthorized
+
+SALT = "pushsvc.token.v1"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    subject: str
+    expires_at: float | None = None
+    subscribe: tuple[str, ...] = ()
+    publish: tuple[str, ...] = ()
+    presence: tuple[str, ...] = ()
+    meta: dict[str, Any] = field(default_factory=dict)
+    is_api_key: bool = False
+
+    def can_subscribe(self, channel: str) -> bool:
+        return self.is_api_key or any(fnmatchcase(channel, p) for p in self.subscribe)
+
+    def can_publish(self, channel: str) -> bool:
+        return self.is_api_key or any(fnmatchcase(channel, p) for p in self.publish)
+
+    def check_subscribe(self, channels: list[str]) -> None:
+        denied = [c for c in channels if not self.can_subscribe(c)]
+        if denied:
+            raise Forbidden("token does not grant subscribe on these channels", channels=denied)
+
+    def check_publish(self, channel: str) -> None:
+        if not self.can_publish(channel):
+            raise Forbidden("token does not grant publish on this channel", channel=channel)
+
+    def expired(self, now: float | None = None) -> bool:
+        return self.expires_at is not None and (now or time.time()) >= self.expires_at
+
+
+class Authenticator:
+    def __init__(self, secrets: tuple[str, ...], api_keys: tuple[str, ...]) -> None:
+        if not secrets:
+            raise ValueError("at least one secret is needed")
+        # itsdangerous signs with the LAST key of the list and verifies with all.
+        self._serializer = URLSafeSerializer(list(reversed(secrets)), salt=SALT)
+        self._api_keys = tuple(k.encode() for k in api_keys)
+
+    def issue(
+        self,
+        subject: str,
+        *,
+        subscribe: list[str] | tuple[str, ...] = (),
+        publish: list[str] | tuple[str, ...] = (),
+        presence: list[str] | tuple[str, ...] = (),
+        ttl: float = 3600.0,
+        meta: dict[str, Any] | None = None,
+    ) -> str:
+        payload: dict[str, Any] = {
+            "sub": subject,
+            "exp": int(time.time() + ttl),
+            "sub_g": list(subscribe),
+            "pub_g": list(publish),
+            "pres_g": list(presence),
+        }
+        if meta:
+            payload["meta"] = meta
+        token: str = self._serializer.dumps(payload)
+        return token
+
+    def is_api_key(self, credential: str) -> bool:
+        raw = credential.encode()
+        # compare against every key so that timing does not reveal which one matched
+        found = False
+        for key in self._api_keys:
+            found |= hmac.compare_digest(raw, key)
+        return found
+
+    def verify(self, credential: str | None, *, allow_api_key: bool = True) -> Principal:
+        if not credential:
+            raise Unauthorized("missing credentials: send 'Authorization: Bearer <token>'")
+        if allow_api_key and self.is_api_key(credential):
+            return Principal(subject="api-key", is_api_key=True)
+        try:
+            payload = self._serializer.loads(credential)
+        except BadSignature as exc:
+            raise Unauthorized("invalid token") from exc
+        if not isinstance(payload, dict) or not isinstance(payload.get("sub"), str):
+            raise Unauthorized("invalid token")
+        exp = payload.get("exp")
+        if not isinstance(exp, int | float):
+            raise Unauthorized("invalid token")
+        principal = Principal(
+            subject=payload["sub"],
+            expires_at=float(exp),
+            subscribe=_patterns(payload.get("sub_g")),
+            publish=_patterns(payload.get("pub_g")),
+            presence=_patterns(payload.get("pres_g")),
+            meta=meta if isinstance(meta := payload.get("meta"), dict) else {},
+        )
+        if principal.expired():
+            raise Unauthorized("token expired", reason="expired")
+        return principal
+
+
+def _patterns(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        return ()
+    return tuple(p for p in value if isinstance(p, str))
+
+
+def credential_from(headers: Any, query: Any) -> str | None:
+    """``Authorization: Bearer …`` or, where EventSource/WebSocket force it, ``?token=``."""
+    auth = headers.get("authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return str(value.strip())
+        raise Unauthorized("Authorization header must be 'Bearer <token>'")
+    token = query.get("token")
+    return str(token) if token else None

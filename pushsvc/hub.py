@@ -1,0 +1,130 @@
+"""The hub: one per process. ONE backend listener, a registry channel -> local sessions,
+and fan-out of pre-encoded frames (DESIGN decisions 2 and 3).
+
+Redis work per publish is independent of the number of subscribers: the backend's single
+listener hands each new event to ``_dispatch`` once, and the hub loops over local sessions.
+
+Listening on a channel starts when its first local session joins and stops when the last
+one leaves; both go through one lock so that a leave racing a join never leaves a
+subscribed session deaf. Heartbeats run on one process-wide timer, not a task per
+connection: each tick queues a heartbeat on every session that sent nothing since the
+previous tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from pushsvc.backends.base import Backend
+from pushsvc.protocol.events import Event
+from pushsvc.session import Session
+from pushsvc.settings import Settings
+
+log = logging.getLogger("pushsvc.hub")
+
+
+class Hub:
+    def __init__(self, backend: Backend, settings: Settings) -> None:
+        self.backend = backend
+        self.settings = settings
+        self.sessions: set[Session] = set()
+        self._subs: dict[str, set[Session]] = {}
+        self._listening: set[str] = set()
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self.closing = False
+        backend.set_sink(self._dispatch)
+
+    async def start(self) -> None:
+        await self.backend.start()
+        self._heartbeat_task = asyncio.create_task(self._heartbeats(), name="pushsvc-heartbeats")
+
+    async def close(self) -> None:
+        """Close every session (streams end, WebSockets get 1001) and the backend."""
+        self.closing = True
+        from pushsvc.protocol import codes
+
+        for session in list(self.sessions):
+            session.close(codes.WS_1001_GOING_AWAY, "server shutting down")
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat_task
+        for task in list(self._tasks):
+            task.cancel()
+        await self.backend.close()
+
+    # --- registry ----------------------------------------------------------------------
+
+    def register(self, session: Session) -> None:
+        self.sessions.add(session)
+
+    def forget(self, session: Session) -> None:
+        self.sessions.discard(session)
+
+    async def join(self, session: Session, channels: list[str]) -> None:
+        """Register ``session`` on ``channels``; returns once live events flow to it."""
+        for c in channels:
+            self._subs.setdefault(c, set()).add(session)
+        for c in channels:
+            if c not in self._listening:
+                async with self._lock:
+                    if c not in self._listening and self._subs.get(c):
+                        await self.backend.listen(c)
+                        self._listening.add(c)
+
+    def leave(self, session: Session, channels: list[str]) -> None:
+        for c in channels:
+            subs = self._subs.get(c)
+            if subs is None:
+                continue
+            subs.discard(session)
+            if not subs:
+                del self._subs[c]
+                if not self.closing:
+                    self._spawn(self._maybe_unlisten(c))
+
+    async def _maybe_unlisten(self, channel: str) -> None:
+        async with self._lock:
+            if channel in self._listening and not self._subs.get(channel):
+                self._listening.discard(channel)
+                await self.backend.unlisten(channel)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("hub task failed", exc_info=task.exception())
+
+    def subscriber_count(self, channel: str) -> int:
+        return len(self._subs.get(channel, ()))
+
+    # --- fan-out (hot path) ------------------------------------------------------------
+
+    def _dispatch(self, event: Event) -> None:
+        subs = self._subs.get(event.channel)
+        if subs:
+            for session in tuple(subs):
+                session.on_live(event)
+
+    # --- heartbeats ----------------------------------------------------------------------
+
+    async def _heartbeats(self) -> None:
+        interval = self.settings.heartbeat_interval
+        while True:
+            await asyncio.sleep(interval)
+            for session in tuple(self.sessions):
+                if session.busy:
+                    session.busy = False
+                elif session.wire.heartbeat:
+                    session.push(session.wire.heartbeat)
+                    session.busy = False

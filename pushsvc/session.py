@@ -1,0 +1,217 @@
+"""A session: one client connection's identity, channels, cursor and outbound queue.
+
+Transports only pump a session onto their wire: they call ``subscribe`` and read frames
+with ``next_frames``. The hub calls ``on_live`` for every live event of a subscribed
+channel; frames are encoded once per event (``Wire.event`` with ``cursor=None`` for a
+single-channel session is a fully cached frame) and queued.
+
+The outbound queue is bounded in messages and bytes. Live events never wait: on overflow
+the session is closed as a slow consumer, and the client resumes from the cursor of the
+last frame it received, so nothing is lost. History replay, on the other hand, waits for
+room in the queue (it is pulled from the log at the pace of the writer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import deque
+from typing import TYPE_CHECKING
+
+from pushsvc.auth import Principal
+from pushsvc.exceptions import BadRequest
+from pushsvc.protocol import codes
+from pushsvc.protocol import cursor as cursor_codec
+from pushsvc.protocol.events import Event, Gap
+from pushsvc.protocol.ids import StreamId
+from pushsvc.protocol.resume import ChannelPosition
+from pushsvc.wires import Frame, Wire
+
+if TYPE_CHECKING:
+    from pushsvc.hub import Hub
+
+_ids = itertools.count(1)
+
+
+class Session:
+    __slots__ = (
+        "_drained",
+        "_wakeup",
+        "bounded_replay",
+        "busy",
+        "channels",
+        "close_code",
+        "close_reason",
+        "hub",
+        "id",
+        "principal",
+        "queue",
+        "queued_bytes",
+        "segments",
+        "wire",
+    )
+
+    def __init__(self, hub: Hub, principal: Principal, wire: Wire) -> None:
+        self.id = next(_ids)
+        self.hub = hub
+        self.principal = principal
+        self.wire = wire
+        self.channels: dict[str, ChannelPosition] = {}
+        self.segments: dict[str, str] = {}
+        self.queue: deque[Frame] = deque()
+        self.queued_bytes = 0
+        self._wakeup = asyncio.Event()
+        self._drained = asyncio.Event()
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.busy = False  # something was queued since the last heartbeat tick
+        # Long-poll: stop replaying history once a batch is pending (nobody drains the
+        # queue before the answer is written); the cursor says where to go on.
+        self.bounded_replay = False
+
+    # --- cursor ----------------------------------------------------------------------
+
+    @property
+    def cursor(self) -> str:
+        return cursor_codec.VERSION + "".join(self.segments.values())
+
+    def _advance(self, channel: str, position: StreamId) -> None:
+        self.segments[channel] = cursor_codec.segment(cursor_codec.channel_hash(channel), position)
+
+    # --- subscription and resume -------------------------------------------------------
+
+    async def subscribe(self, channels: list[str], positions: dict[str, StreamId | None]) -> None:
+        """Subscribe with resume (DESIGN decision 5): register live first, then replay."""
+        new = [c for c in channels if c not in self.channels]
+        limit = self.hub.settings.max_channels_per_session
+        if len(self.channels) + len(new) > limit:
+            raise BadRequest(f"at most {limit} channels per session")
+        for c in new:
+            self.channels[c] = ChannelPosition((0, 0), self.hub.settings.outbound_queue_messages)
+        await self.hub.join(self, new)
+        backend = self.hub.backend
+        for c in new:
+            start = positions.get(c)
+            if start is None:
+                # Quiet-channel-safe: seed at the top, read after registering live.
+                start = await backend.top(c)
+            self.channels[c].position = start
+            self._advance(c, start)
+        if new:
+            self.push(self.wire.subscribed(list(self.channels), self.cursor))
+        for c in new:
+            if self.bounded_replay and self._batch_full():
+                break
+            await self._catch_up(c)
+
+    async def _catch_up(self, channel: str) -> None:
+        backend = self.hub.backend
+        page = self.hub.settings.history_page
+        pos = self.channels.get(channel)
+        while pos is not None and self.close_code is None:
+            result = await backend.read_after(channel, pos.position, page)
+            if self.channels.get(channel) is not pos:
+                return  # unsubscribed meanwhile
+            if result.gap is not None and result.gap.until > pos.position:
+                self._emit_gap(result.gap, pos)
+            pos.clamp(result.top)
+            for event in pos.take_history(result.events):
+                self._emit(event)
+            if self.bounded_replay and self._batch_full():
+                return
+            await self._wait_room()
+            if len(result.events) < page:
+                released = pos.go_live()
+                if released is None:
+                    continue  # live buffer overflowed: the log has those events, read on
+                for event in released:
+                    self._emit(event)
+                return
+
+    def _emit_gap(self, gap: Gap, pos: ChannelPosition) -> None:
+        pos.position = gap.until
+        self._advance(gap.channel, gap.until)
+        self.push(self.wire.gap(gap, self.cursor))
+
+    def _batch_full(self) -> bool:
+        settings = self.hub.settings
+        return len(self.queue) >= min(settings.history_page, settings.outbound_queue_messages // 2)
+
+    async def _wait_room(self) -> None:
+        high = self.hub.settings.outbound_queue_messages // 2
+        while len(self.queue) > high and self.close_code is None:
+            self._drained.clear()
+            await self._drained.wait()
+
+    def unsubscribe(self, channels: list[str]) -> None:
+        gone = [c for c in channels if self.channels.pop(c, None) is not None]
+        for c in gone:
+            self.segments.pop(c, None)
+        self.hub.leave(self, gone)
+
+    # --- live path (hot) ---------------------------------------------------------------
+
+    def on_live(self, event: Event) -> None:
+        pos = self.channels.get(event.channel)
+        if pos is not None and pos.offer_live(event):
+            self._emit(event)
+
+    def _emit(self, event: Event) -> None:
+        self.segments[event.channel] = event.segment
+        if len(self.segments) == 1 or not self.wire.needs_cursor:
+            self.push(self.wire.event(event, None))
+        else:
+            self.push(self.wire.event(event, self.cursor))
+
+    def push(self, frame: Frame) -> None:
+        if self.close_code is not None or not frame:
+            return
+        settings = self.hub.settings
+        if (
+            len(self.queue) >= settings.outbound_queue_messages
+            or self.queued_bytes + len(frame) > settings.outbound_queue_bytes
+        ):
+            self.close(codes.WS_4008_SLOW_CONSUMER, "slow consumer: outbound queue overflowed")
+            return
+        self.queue.append(frame)
+        self.queued_bytes += len(frame)
+        self.busy = True
+        self._wakeup.set()
+
+    # --- transport side ----------------------------------------------------------------
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """Wait until frames are queued or the session closed; False on timeout."""
+        if self.queue or self.close_code is not None:
+            return True
+        self._wakeup.clear()
+        if timeout is None:
+            await self._wakeup.wait()
+            return True
+        try:
+            await asyncio.wait_for(self._wakeup.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def drain(self) -> list[Frame]:
+        frames = list(self.queue)
+        self.queue.clear()
+        self.queued_bytes = 0
+        self._drained.set()
+        return frames
+
+    def close(self, code: int = codes.WS_1000_NORMAL_CLOSURE, reason: str = "") -> None:
+        if self.close_code is None:
+            self.close_code = code
+            self.close_reason = reason
+            self._wakeup.set()
+            self._drained.set()
+
+    def release(self) -> None:
+        """Leave every channel; the transport calls this once when the connection ends."""
+        self.close()
+        channels = list(self.channels)
+        self.channels.clear()
+        self.hub.leave(self, channels)
+        self.hub.forget(self)

@@ -1,0 +1,1 @@
+"""Transports: thin adapters that pump a session onto a wire (WebSocket, SSE, long-poll)."""

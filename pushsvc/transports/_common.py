@@ -1,0 +1,57 @@
+"""What every transport does before anything flows: authenticate, validate the channel
+list, decode the cursor, and check the connection limit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pushsvc.auth import Authenticator, Principal, credential_from
+from pushsvc.exceptions import BadRequest, Unavailable
+from pushsvc.hub import Hub
+from pushsvc.protocol import cursor as cursor_codec
+from pushsvc.protocol.ids import StreamId
+from pushsvc.protocol.names import check_channels
+from pushsvc.settings import Settings
+
+
+@dataclass(slots=True)
+class Opening:
+    principal: Principal
+    channels: list[str]
+    positions: dict[str, StreamId | None]
+
+
+def state(scope: Any) -> tuple[Settings, Hub, Authenticator]:
+    st = scope["app"].state
+    return st.settings, st.hub, st.auth
+
+
+def open_request(
+    settings: Settings,
+    hub: Hub,
+    auth: Authenticator,
+    headers: Any,
+    query: Any,
+    cursor: str | None,
+    *,
+    count_connection: bool = True,
+) -> Opening:
+    """Authorize a subscription request. Raises a ``PushError`` before any byte flows."""
+    principal = auth.verify(credential_from(headers, query))
+    channels = check_channels(
+        query.getlist("channel"), settings.max_channels_per_session, settings.max_channel_length
+    )
+    principal.check_subscribe(channels)
+    positions = positions_from(cursor, channels)
+    if count_connection and len(hub.sessions) >= settings.max_connections:
+        raise Unavailable("connection limit reached on this instance", retry_after=2)
+    return Opening(principal, channels, positions)
+
+
+def positions_from(cursor: str | None, channels: list[str]) -> dict[str, StreamId | None]:
+    """Positions on the requested (already authorized) channels only: a cursor never adds
+    a channel by itself."""
+    if cursor is not None and len(cursor) > cursor_codec.MAX_CURSOR_CHARS:
+        raise BadRequest("cursor too long")
+    return cursor_codec.positions_for(cursor or None, channels)
