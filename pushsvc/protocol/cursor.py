@@ -50,7 +50,7 @@ _CRC8 = _crc8_table()
 
 
 def _crc8(data: bytes) -> int:
-    crc = 0
+    crc = 0xFF  # non-zero init: an all-zero segment is not valid
     for b in data:
         crc = _CRC8[crc ^ b]
     return crc
