@@ -17,7 +17,7 @@ from pushsvc.protocol import client_frames, frames
 from pushsvc.protocol.events import dump_json
 from pushsvc.protocol.ids import format_id, parse_id
 from pushsvc.protocol.names import check_channel, check_event_name
-from pushsvc.transports._common import state
+from pushsvc.transports._common import limit_publish, state
 
 TRANSPORTS = ("websocket", "sse", "long-polling")
 
@@ -73,6 +73,7 @@ async def publish(request: Request) -> Response:
         messages = [_message(body, settings)]
     for m in messages:
         principal.check_publish(m.channel)
+    limit_publish(request.scope, principal, len(messages))
     if not principal.is_api_key:
         # a user's idempotency keys live in the user's own namespace
         messages = [_scoped(m, principal) for m in messages]

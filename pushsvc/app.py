@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route, WebSocketRoute
 
 from pushsvc import api
@@ -21,6 +23,8 @@ from pushsvc.backends import Retention, open_backend
 from pushsvc.errors import http_error_handler, push_error_handler, unexpected_error_handler
 from pushsvc.exceptions import PushError
 from pushsvc.hub import Hub
+from pushsvc.limits import RateLimiter
+from pushsvc.logs import install_redaction
 from pushsvc.settings import Settings
 from pushsvc.transports.longpoll import poll_endpoint
 from pushsvc.transports.sse import sse_endpoint
@@ -38,6 +42,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        install_redaction()
         await hub.start()
         try:
             yield
@@ -64,8 +69,21 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/readyz", api.readyz, methods=["GET"]),
     ]
+    middleware = []
+    if settings.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+                allow_credentials=settings.cors_allow_credentials,
+                max_age=600,
+            )
+        )
     app = Starlette(
         routes=routes,
+        middleware=middleware,
         lifespan=lifespan,
         exception_handlers={
             PushError: push_error_handler,
@@ -77,6 +95,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.auth = Authenticator(settings.secrets, settings.api_keys)
     app.state.backend = backend
     app.state.hub = hub
+    app.state.publish_limiter = RateLimiter(settings.publish_rate, settings.publish_burst)
+    app.state.api_key_limiter = RateLimiter(
+        settings.api_key_publish_rate, settings.api_key_publish_burst
+    )
     return app
 
 

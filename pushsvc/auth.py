@@ -85,19 +85,23 @@ class Authenticator:
         token: str = self._serializer.dumps(payload)
         return token
 
-    def is_api_key(self, credential: str) -> bool:
+    def api_key_index(self, credential: str) -> int | None:
+        """Which configured API key this is (``None``: not an API key)."""
         raw = credential.encode()
         # compare against every key so that timing does not reveal which one matched
-        found = False
-        for key in self._api_keys:
-            found |= hmac.compare_digest(raw, key)
+        found = None
+        for index, key in enumerate(self._api_keys):
+            if hmac.compare_digest(raw, key):
+                found = index
         return found
 
     def verify(self, credential: str | None, *, allow_api_key: bool = True) -> Principal:
         if not credential:
             raise Unauthorized("missing credentials: send 'Authorization: Bearer <token>'")
-        if allow_api_key and self.is_api_key(credential):
-            return Principal(subject="api-key", is_api_key=True)
+        if allow_api_key:
+            index = self.api_key_index(credential)
+            if index is not None:
+                return Principal(subject=f"api-key:{index}", is_api_key=True)
         try:
             payload = self._serializer.loads(credential)
         except BadSignature as exc:

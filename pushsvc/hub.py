@@ -16,10 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Coroutine
 from typing import Any
 
 from pushsvc.backends.base import Backend
+from pushsvc.protocol import codes
 from pushsvc.protocol.events import Event
 from pushsvc.session import Session
 from pushsvc.settings import Settings
@@ -47,8 +49,6 @@ class Hub:
     async def close(self) -> None:
         """Close every session (streams end, WebSockets get 1001) and the backend."""
         self.closing = True
-        from pushsvc.protocol import codes
-
         for session in list(self.sessions):
             session.close(codes.WS_1001_GOING_AWAY, "server shutting down")
         if self._heartbeat_task is not None:
@@ -119,12 +119,26 @@ class Hub:
     # --- heartbeats ----------------------------------------------------------------------
 
     async def _heartbeats(self) -> None:
-        interval = self.settings.heartbeat_interval
+        """The one process-wide timer: heartbeats, token expiry and idle WebSockets."""
+        interval = min(self.settings.heartbeat_interval, self.settings.idle_timeout)
         while True:
             await asyncio.sleep(interval)
-            for session in tuple(self.sessions):
-                if session.busy:
-                    session.busy = False
-                elif session.wire.heartbeat:
-                    session.push(session.wire.heartbeat)
-                    session.busy = False
+            self.tick(time.time(), time.monotonic())
+
+    def tick(self, now: float, monotonic_now: float) -> None:
+        idle_before = monotonic_now - self.settings.idle_timeout
+        for session in tuple(self.sessions):
+            if session.principal.expired(now):
+                session.push(session.wire.control("token-expired", reason="token expired"))
+                session.close(codes.WS_4402_TOKEN_EXPIRED, "token expired")
+            elif (
+                session.wire.idle_closes
+                and not session.channels
+                and (session.last_seen < idle_before)
+            ):
+                session.close(codes.WS_4000_HEARTBEAT_TIMEOUT, "idle: no subscription, no frame")
+            elif session.busy:
+                session.busy = False
+            elif session.wire.heartbeat:
+                session.push(session.wire.heartbeat)
+                session.busy = False

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -44,6 +45,7 @@ class Session:
         "close_reason",
         "hub",
         "id",
+        "last_seen",
         "principal",
         "queue",
         "queued_bytes",
@@ -65,6 +67,7 @@ class Session:
         self.close_code: int | None = None
         self.close_reason = ""
         self.busy = False  # something was queued since the last heartbeat tick
+        self.last_seen = time.monotonic()  # last frame from the client (WebSocket)
         # Long-poll: stop replaying history once a batch is pending (nobody drains the
         # queue before the answer is written); the cursor says where to go on.
         self.bounded_replay = False

@@ -23,9 +23,13 @@ class Settings:
     secrets: tuple[str, ...] = ()
     # Backend API keys for POST /v1/publish. Empty: generated.
     api_keys: tuple[str, ...] = ()
-    # Browser origins allowed to open a WebSocket ("*" allows any; empty allows any origin
-    # only when no Origin header is sent, i.e. non-browser clients).
-    allowed_origins: tuple[str, ...] = ("*",)
+    # Browser origins allowed to open a WebSocket (cross-site WebSocket hijacking). Empty:
+    # same-origin only (Origin's host equals Host) plus non-browser clients that send no
+    # Origin; "*" allows any origin.
+    allowed_origins: tuple[str, ...] = ()
+    # CORS for SSE, long-poll, publish, negotiate and history (starlette's CORSMiddleware).
+    cors_origins: tuple[str, ...] = ()
+    cors_allow_credentials: bool = False
 
     # Retention of each channel's log.
     retention_max_len: int = 10_000
@@ -37,6 +41,7 @@ class Settings:
     sse_retry_ms: int = 2_000
     poll_timeout_default: float = 20.0
     poll_timeout_max: float = 25.0
+    # A WebSocket subscribed to nothing and silent for this long is closed (4000).
     idle_timeout: float = 60.0
 
     # Limits.
@@ -52,6 +57,11 @@ class Settings:
     history_page: int = 500
     history_limit_max: int = 1_000
     idempotency_ttl: float = 24 * 3600.0
+    # Publish rate per token subject and per API key, per instance (token bucket; 0: off).
+    publish_rate: float = 50.0
+    publish_burst: float = 100.0
+    api_key_publish_rate: float = 5_000.0
+    api_key_publish_burst: float = 10_000.0
 
     # Token lifetimes.
     token_ttl_default: float = 3600.0

@@ -13,6 +13,7 @@ Frame = str | bytes
 class Wire:
     name: ClassVar[str]
     needs_cursor: ClassVar[bool] = True
+    idle_closes: ClassVar[bool] = False  # close when subscribed to nothing for idle_timeout
     heartbeat: ClassVar[Frame]
 
     def event(self, event: Event, cursor: str | None) -> Frame:
@@ -30,6 +31,7 @@ class Wire:
 
 class WebSocketWire(Wire):
     name = "websocket"
+    idle_closes = True
     heartbeat = frames.ws_control("heartbeat")
 
     def event(self, event: Event, cursor: str | None) -> Frame:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from pushsvc.auth import Authenticator, Principal, credential_from
-from pushsvc.exceptions import BadRequest, Unavailable
+from pushsvc.exceptions import BadRequest, Forbidden, Unavailable
 from pushsvc.hub import Hub
 from pushsvc.protocol import cursor as cursor_codec
 from pushsvc.protocol.ids import StreamId
@@ -47,6 +48,23 @@ def open_request(
     if count_connection and len(hub.sessions) >= settings.max_connections:
         raise Unavailable("connection limit reached on this instance", retry_after=2)
     return Opening(principal, channels, positions)
+
+
+def limit_publish(scope: Any, principal: Principal, count: int = 1) -> None:
+    """Spend ``count`` publishes of the principal's per-instance rate (or raise 429)."""
+    st = scope["app"].state
+    limiter = st.api_key_limiter if principal.is_api_key else st.publish_limiter
+    limiter.take(principal.subject, count)
+
+
+def check_origin(origin: str | None, host: str | None, allowed: tuple[str, ...]) -> None:
+    """Cross-site WebSocket hijacking: a browser's Origin must be allowed. Non-browser
+    clients send no Origin; same-origin pages are always allowed."""
+    if origin is None or "*" in allowed or origin in allowed:
+        return
+    if host is not None and urlsplit(origin).netloc == host:
+        return
+    raise Forbidden("origin not allowed", origin=origin[:200])
 
 
 def positions_from(cursor: str | None, channels: list[str]) -> dict[str, StreamId | None]:

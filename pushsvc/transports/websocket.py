@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from typing import Any
 
 from starlette.datastructures import Headers, QueryParams
@@ -28,7 +29,7 @@ from pushsvc.exceptions import BadRequest, PayloadTooLarge, PushError, Unavailab
 from pushsvc.protocol import client_frames, codes
 from pushsvc.protocol.frames import ws_control
 from pushsvc.session import Session
-from pushsvc.transports._common import positions_from, state
+from pushsvc.transports._common import check_origin, limit_publish, positions_from, state
 from pushsvc.wires import WebSocketWire
 
 log = logging.getLogger("pushsvc.ws")
@@ -49,7 +50,7 @@ async def serve_websocket(scope: Scope, receive: Receive, send: Send) -> None:
     if message["type"] != "websocket.connect":
         return
     try:
-        _check_origin(headers.get("origin"), settings.allowed_origins)
+        check_origin(headers.get("origin"), headers.get("host"), settings.allowed_origins)
         principal = auth.verify(credential_from(headers, query))
         if len(hub.sessions) >= settings.max_connections:
             raise Unavailable("connection limit reached on this instance", retry_after=2)
@@ -59,7 +60,7 @@ async def serve_websocket(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "websocket.accept"})
     session = Session(hub, principal, WebSocketWire())
     hub.register(session)
-    conn = _Connection(session, send, settings.max_frame_bytes, auth)
+    conn = _Connection(session, send, settings.max_frame_bytes, auth, scope)
     reader = asyncio.create_task(conn.read(receive))
     try:
         await conn.write()
@@ -70,14 +71,6 @@ async def serve_websocket(scope: Scope, receive: Receive, send: Send) -> None:
         for task in list(conn.tasks):
             task.cancel()
         session.release()
-
-
-def _check_origin(origin: str | None, allowed: tuple[str, ...]) -> None:
-    if origin is None or "*" in allowed or origin in allowed:
-        return
-    from pushsvc.exceptions import Forbidden
-
-    raise Forbidden("origin not allowed", origin=origin)
 
 
 async def _deny(scope: Scope, send: Send, exc: PushError) -> None:
@@ -94,9 +87,12 @@ async def _deny(scope: Scope, send: Send, exc: PushError) -> None:
 
 
 class _Connection:
-    def __init__(self, session: Session, send: Send, max_frame: int, auth: Authenticator) -> None:
+    def __init__(
+        self, session: Session, send: Send, max_frame: int, auth: Authenticator, scope: Scope
+    ) -> None:
         self.session = session
         self.auth = auth
+        self.scope = scope
         self.send = send
         self.max_frame = max_frame
         self.limits = client_frames.Limits(
@@ -140,6 +136,7 @@ class _Connection:
                 if message["type"] == "websocket.disconnect":
                     session.close()
                     return
+                session.last_seen = time.monotonic()
                 text, raw = message.get("text"), message.get("bytes")
                 size = len(text) if text is not None else len(raw or b"")
                 if size > self.max_frame:
@@ -194,6 +191,7 @@ class _Connection:
         principal: Principal = self.session.principal
         try:
             principal.check_publish(frame.channel)
+            limit_publish(self.scope, principal)
             event = await self.session.hub.backend.append(
                 Message(
                     frame.channel,
