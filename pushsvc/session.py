@@ -90,7 +90,10 @@ class Session:
         if len(self.channels) + len(new) > limit:
             raise BadRequest(f"at most {limit} channels per session")
         for c in new:
-            self.channels[c] = ChannelPosition((0, 0), self.hub.settings.outbound_queue_messages)
+            # released buffered events must fit in the queue on top of its high-water mark
+            self.channels[c] = ChannelPosition(
+                (0, 0), max(1, self.hub.settings.outbound_queue_messages // 2)
+            )
         await self.hub.join(self, new)
         backend = self.hub.backend
         for c in new:
@@ -118,11 +121,17 @@ class Session:
             if result.gap is not None and result.gap.until > pos.position:
                 self._emit_gap(result.gap, pos)
             pos.clamp(result.top)
-            for event in pos.take_history(result.events):
-                self._emit(event)
-            if self.bounded_replay and self._batch_full():
-                return
-            await self._wait_room()
+            high = self.hub.settings.outbound_queue_messages // 2
+            for event in result.events:
+                # history is pulled at the writer's pace: never overflow our own queue
+                if self.bounded_replay and self._batch_full():
+                    return
+                if len(self.queue) > high:
+                    await self._wait_room()
+                if self.close_code is not None or self.channels.get(channel) is not pos:
+                    return
+                if pos.admit(event):
+                    self._emit(event)
             if len(result.events) < page:
                 released = pos.go_live()
                 if released is None:

@@ -37,6 +37,8 @@ class Server:
     backend_url: str
     env: dict[str, str]
     proc: subprocess.Popen[bytes] | None = None
+    log_level: str = "warning"
+    log_path: str | None = None
     auth: Authenticator = field(default_factory=lambda: Authenticator((SECRET,), (API_KEY,)))
 
     @property
@@ -80,9 +82,13 @@ class Server:
             "--ws",
             "websockets-sansio",
             "--log-level",
-            "warning",
+            self.log_level,
         ]
-        self.proc = subprocess.Popen(cmd, env=self.env)
+        if self.log_path is None:
+            self.proc = subprocess.Popen(cmd, env=self.env)
+        else:
+            with open(self.log_path, "wb") as log:
+                self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=log)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

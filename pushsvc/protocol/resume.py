@@ -45,9 +45,6 @@ class ChannelPosition:
             self.buffer.append(event)
         return False
 
-    def take_history(self, events: list[Event]) -> list[Event]:
-        return [e for e in events if self.admit(e)]
-
     def clamp(self, top: StreamId) -> None:
         """A position ahead of the log's top (a forged cursor, or a log that was reset)
         would skip future events: bring it back to the top."""
