@@ -113,6 +113,61 @@ class Settings:
         return cls(**values)
 
 
+# One line per setting: the reference (docs/reference/settings.md) is generated from this,
+# and a test keeps it complete.
+DESCRIPTIONS: dict[str, str] = {
+    "backend_url": "The log: `memory://` (in-process) or `redis://host:port/db?prefix=…`.",
+    "secrets": "Token signing secrets; the first signs, all verify (rotation). "
+    "Empty: an ephemeral one is generated and printed.",
+    "api_keys": "Backend API keys for publish and server endpoints; remove one to revoke it. "
+    "Empty: an ephemeral one is generated and printed.",
+    "allowed_origins": "Browser origins allowed to open a WebSocket. Empty: same-origin only "
+    "(plus clients that send no Origin); `*`: any.",
+    "cors_origins": "Origins allowed by CORS on SSE, long-poll, publish, negotiate, history.",
+    "cors_allow_credentials": "Send `Access-Control-Allow-Credentials: true` to CORS origins.",
+    "retention_max_len": "Events kept per channel (at least this many when approximate).",
+    "retention_max_age": "Seconds an event is kept; trimmed when the channel is next written.",
+    "retention_approximate": "Trim with Redis `MAXLEN ~` (cheaper; keeps slightly more).",
+    "heartbeat_interval": "Seconds between heartbeats on an otherwise quiet connection; also "
+    "the granularity of token-expiry and idle checks.",
+    "sse_retry_ms": "The SSE `retry:` field: EventSource's reconnection delay.",
+    "poll_timeout_default": "Long-poll wait when the request names no timeout (seconds).",
+    "poll_timeout_max": "Longest long-poll wait a request may ask for (below proxies' 30 s).",
+    "idle_timeout": "A WebSocket subscribed to nothing and silent this long is closed (4000).",
+    "max_channel_length": "Longest channel name (alphabet: A-Z a-z 0-9 _ - : . @ = + /).",
+    "max_event_name_length": "Longest event name.",
+    "max_channels_per_session": "Channels one connection or request may subscribe to.",
+    "max_publish_bytes": "Largest payload of one message (413 / close 1009).",
+    "max_batch_messages": "Messages in one batch publish.",
+    "max_frame_bytes": "Largest WebSocket frame from a client (close 1009).",
+    "max_connections": "Open streams per instance (503 + Retry-After / close 1013).",
+    "outbound_queue_messages": "Frames queued for one connection before it is cut as a slow "
+    "consumer (4008); the client resumes from its cursor.",
+    "outbound_queue_bytes": "Bytes queued for one connection before the slow-consumer cut.",
+    "history_page": "Events read from the log per round trip when resuming; also the most one "
+    "long-poll answer carries.",
+    "history_limit_max": "Largest `limit` of the history endpoint.",
+    "idempotency_ttl": "Seconds an idempotency key (publish retry) is remembered.",
+    "publish_rate": "Publishes per second per token subject, per instance (429 / 4429).",
+    "publish_burst": "Burst of the per-subject publish bucket.",
+    "api_key_publish_rate": "Publishes per second per API key, per instance.",
+    "api_key_publish_burst": "Burst of the per-API-key publish bucket.",
+    "token_ttl_default": "Lifetime of tokens minted by `pushsvc token` without `--ttl`.",
+}
+
+
+def settings_markdown() -> str:
+    """The settings reference table (docs/reference/settings.md)."""
+    rows = ["| setting | env | default | meaning |", "|---|---|---|---|"]
+    for f in dataclasses.fields(Settings):
+        default = f.default
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        rows.append(
+            f"| `{f.name}` | `PUSHSVC_{f.name.upper()}` | `{shown!s}` | {DESCRIPTIONS[f.name]} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
 def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
     default = f.default
     try:

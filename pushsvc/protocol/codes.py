@@ -9,7 +9,6 @@ from __future__ import annotations
 
 WS_1000_NORMAL_CLOSURE = 1000
 WS_1001_GOING_AWAY = 1001
-WS_1008_POLICY_VIOLATION = 1008
 WS_1009_MESSAGE_TOO_BIG = 1009
 WS_1011_INTERNAL_ERROR = 1011
 WS_1013_TRY_AGAIN_LATER = 1013
@@ -26,13 +25,12 @@ WS_4429_RATE_LIMITED = 4429
 CLOSE_CODES: dict[int, tuple[str, str, bool]] = {
     WS_1000_NORMAL_CLOSURE: ("normal", "closed by the client or the server on purpose", False),
     WS_1001_GOING_AWAY: ("going-away", "the server is shutting down or restarting", True),
-    WS_1008_POLICY_VIOLATION: ("policy", "origin not allowed", False),
     WS_1009_MESSAGE_TOO_BIG: ("too-big", "a frame exceeded max_frame_bytes", True),
     WS_1011_INTERNAL_ERROR: ("internal", "server or backend failure", True),
     WS_1013_TRY_AGAIN_LATER: ("try-later", "connection limit reached", True),
     WS_4000_HEARTBEAT_TIMEOUT: (
-        "heartbeat",
-        "no frame from the client within the idle timeout",
+        "idle",
+        "subscribed to nothing and no client frame within idle_timeout",
         True,
     ),
     WS_4008_SLOW_CONSUMER: (
@@ -47,3 +45,11 @@ CLOSE_CODES: dict[int, tuple[str, str, bool]] = {
     WS_4404_NOT_FOUND: ("not-found", "unknown resource", False),
     WS_4429_RATE_LIMITED: ("rate-limited", "publish rate exceeded", True),
 }
+
+
+def close_codes_markdown() -> str:
+    """The close-code table (docs/reference/close-codes.md)."""
+    rows = ["| code | name | meaning | client reconnects and resumes |", "|---|---|---|---|"]
+    for code, (name, meaning, resume) in sorted(CLOSE_CODES.items()):
+        rows.append(f"| {code} | {name} | {meaning} | {'yes' if resume else 'no'} |")
+    return "\n".join(rows) + "\n"
