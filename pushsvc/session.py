@@ -94,15 +94,19 @@ class Session:
             self.channels[c] = ChannelPosition(
                 (0, 0), max(1, self.hub.settings.outbound_queue_messages // 2)
             )
-        await self.hub.join(self, new)
-        backend = self.hub.backend
-        for c in new:
-            start = positions.get(c)
-            if start is None:
-                # Quiet-channel-safe: seed at the top, read after registering live.
-                start = await backend.top(c)
-            self.channels[c].position = start
-            self._advance(c, start)
+        try:
+            await self.hub.join(self, new)
+            backend = self.hub.backend
+            for c in new:
+                start = positions.get(c)
+                if start is None:
+                    # Quiet-channel-safe: seed at the top, read after registering live.
+                    start = await backend.top(c)
+                self.channels[c].position = start
+                self._advance(c, start)
+        except BaseException:
+            self.unsubscribe(new)  # nothing half-subscribed stays behind
+            raise
         if new:
             self.push(self.wire.subscribed(list(self.channels), self.cursor))
         for c in new:

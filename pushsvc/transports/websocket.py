@@ -148,6 +148,9 @@ class _Connection:
                 await self.handle(frame)
         except PushError as exc:
             session.close(exc.close_code, exc.detail)
+        except Exception:
+            log.exception("WebSocket reader failed")
+            session.close(codes.WS_1011_INTERNAL_ERROR, "internal error")
 
     async def handle(self, frame: client_frames.Frame) -> None:
         session = self.session
@@ -186,6 +189,9 @@ class _Connection:
                 await self.session.subscribe(channels, positions)
             except PushError as exc:
                 self._error(exc, op="subscribe", channels=channels)
+            except Exception:
+                log.exception("subscribe failed")
+                self.session.close(codes.WS_1011_INTERNAL_ERROR, "subscribe failed; resume")
 
     async def _publish(self, frame: client_frames.Publish) -> None:
         principal: Principal = self.session.principal
