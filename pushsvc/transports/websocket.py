@@ -204,7 +204,7 @@ class _Connection:
                     frame.event,
                     frame.data,
                     frame.binary,
-                    idempotency_key=f"c:{principal.subject}:{frame.id}",
+                    idempotency_key=f"u:{principal.subject}:{frame.id}",
                 )
             )
         except PushError as exc:
