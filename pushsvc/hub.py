@@ -46,11 +46,19 @@ class Hub:
         await self.backend.start()
         self._heartbeat_task = asyncio.create_task(self._heartbeats(), name="pushsvc-heartbeats")
 
-    async def close(self) -> None:
-        """Close every session (streams end, WebSockets get 1001) and the backend."""
+    def close_sessions(self) -> None:
+        """Close every session (streams end, WebSockets get 1001), keeping the backend.
+
+        A server calls this when its shutdown starts: uvicorn waits for open responses
+        before the lifespan shutdown, and SSE streams never end by themselves. Sessions
+        registered afterwards are closed at once."""
         self.closing = True
         for session in list(self.sessions):
             session.close(codes.WS_1001_GOING_AWAY, "server shutting down")
+
+    async def close(self) -> None:
+        """Close every session (streams end, WebSockets get 1001) and the backend."""
+        self.close_sessions()
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -63,6 +71,8 @@ class Hub:
 
     def register(self, session: Session) -> None:
         self.sessions.add(session)
+        if self.closing:
+            session.close(codes.WS_1001_GOING_AWAY, "server shutting down")
 
     def forget(self, session: Session) -> None:
         self.sessions.discard(session)
