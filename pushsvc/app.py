@@ -8,13 +8,17 @@ Starlette/FastAPI application.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 from collections.abc import AsyncIterator
+from importlib import resources
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
 from pushsvc import api
@@ -68,6 +72,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/v1/channels/{channel:path}/history", api.history, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/readyz", api.readyz, methods=["GET"]),
+        _static_route("pushsvc.js", "application/javascript"),
+        _static_route("pushsvc.d.ts", "application/typescript"),
     ]
     middleware = []
     if settings.cors_origins:
@@ -100,6 +106,20 @@ def create_app(settings: Settings | None = None) -> Starlette:
         settings.api_key_publish_rate, settings.api_key_publish_burst
     )
     return app
+
+
+def _static_route(name: str, media_type: str) -> Route:
+    """The browser client and its types, read once from the package (works from a wheel)."""
+    body = (resources.files("pushsvc") / "static" / name).read_bytes()
+    etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+
+    async def endpoint(request: Request) -> Response:
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        return Response(body, media_type=media_type, headers=headers)
+
+    return Route("/" + name, endpoint, methods=["GET"])
 
 
 def app_from_env() -> Starlette:

@@ -1,0 +1,170 @@
+// Types for pushsvc.js, the pushsvc browser client (served at GET /pushsvc.js and
+// GET /pushsvc.d.ts). Plain ES module, no build step:
+//
+//   import { PushClient } from "https://push.example.com/pushsvc.js";
+//   const client = new PushClient("https://push.example.com", {
+//     token: () => fetch("/my-app/push-token").then((r) => r.text()),
+//     channels: ["chat:1", "orders"],
+//     onEvent: (e) => console.log(e.channel, e.id, e.data),
+//     onState: (s) => console.log(s.state, s.transport ?? ""),
+//   });
+//   const eventId = await client.publish("chat:1", { text: "hello" });
+
+/** Transports in the order the client prefers them. */
+export type TransportName = "websocket" | "sse" | "long-polling";
+
+/**
+ * - `connecting`: negotiating / trying transports.
+ * - `connected`: subscribed on the best allowed transport.
+ * - `degraded`: subscribed, but on a fallback transport (better ones are re-probed).
+ * - `disconnected`: the connection was lost; waiting `delay` ms (backoff) before the next try.
+ * - `closed`: `close()` was called, or the server refused the token / channels for good.
+ */
+export type ConnectionState = "connecting" | "connected" | "degraded" | "disconnected" | "closed";
+
+export interface StateChange {
+  state: ConnectionState;
+  /** Set for `connected` and `degraded`. */
+  transport?: TransportName;
+  /** Backoff before the next attempt (`disconnected`). */
+  delay?: number;
+  attempt?: number;
+  /** Why the previous connection ended, or why the client closed. */
+  error?: string;
+}
+
+/** One event, delivered once, in order per channel. */
+export interface PushEvent {
+  channel: string;
+  /** Event name (`"message"` unless the publisher named it). */
+  event: string;
+  /** Server-assigned stream ID ("<ms>-<seq>"), monotonic per channel. */
+  id: string;
+  /** The published JSON value, or the bytes of a binary event. */
+  data: unknown;
+  /** True when `data` is a `Uint8Array` (binary event). */
+  binary?: boolean;
+}
+
+/** Events with `after < id <= until` on `channel` were trimmed before this client read them. */
+export interface GapInfo {
+  channel: string;
+  after: string;
+  until: string;
+}
+
+/** Outcome of a queued publish, also for messages restored from sessionStorage after a reload. */
+export interface PublishOutcome {
+  /** The client message id (idempotency key). */
+  id: string;
+  channel: string;
+  /** The stored event's ID, once acknowledged. */
+  eventId?: string;
+  /** Set when the server refused the message for good (it is dropped from the outbox). */
+  error?: PushError;
+}
+
+/** Diagnostics: every transport attempt, failure, demotion, re-probe, switch and state. */
+export interface LogEntry {
+  /** `Date.now()` when it happened. */
+  at: number;
+  kind:
+    | "state"
+    | "try"
+    | "transport-failed"
+    | "blocked"
+    | "reprobe"
+    | "switch"
+    | "lost"
+    | "negotiate-failed"
+    | "publish-retry"
+    | "fatal";
+  transport?: TransportName;
+  detail?: string;
+}
+
+export interface PushClientOptions {
+  /** A client token (see `pushsvc token`), or a function answering a fresh one per connect. */
+  token: string | (() => string | Promise<string>);
+  /** Channels to subscribe to; one cursor covers them all. */
+  channels: string[];
+  /** Allowed transports, best first. Default: all three. */
+  transports?: TransportName[];
+  /** Called once per event, in order per channel, duplicates dropped. */
+  onEvent?: (event: PushEvent, transport: TransportName) => void;
+  /** Called when part of a channel's history was trimmed before it could be read. */
+  onGap?: (gap: GapInfo) => void;
+  onState?: (change: StateChange) => void;
+  onPublished?: (outcome: PublishOutcome) => void;
+  onLog?: (entry: LogEntry) => void;
+  /**
+   * sessionStorage key for the cursor, the last ID per channel and the outbox. Default:
+   * derived from the URL and the channel list. `null`: keep nothing (no resume after reload).
+   */
+  storageKey?: string | null;
+  /** Another `Storage` (e.g. `localStorage`); default `sessionStorage`. */
+  storage?: Storage;
+  /** Messages the outbox holds before `publish()` rejects with code `outbox-full`. Default 100. */
+  outboxLimit?: number;
+  /** Backoff: full jitter, random(0, min(backoffCap, backoffBase * 2^attempt)) ms. */
+  backoffBase?: number;
+  backoffCap?: number;
+  /** A connection up this long (ms) resets the backoff attempt count. Default 30000. */
+  healthyAfter?: number;
+  /** WebSocket open + subscribed, negotiate, publish, first poll (ms). Default 5000. */
+  connectTimeout?: number;
+  /** An SSE stream with no `subscribed` event within this window (ms) is taken as held
+   *  by a buffering proxy. Default 3000. */
+  firstEventTimeout?: number;
+  /** First re-probe of a demoted transport (ms), doubling per failure. Default 30000. */
+  reprobeInterval?: number;
+  /** Longest wait between re-probes (ms). Default 300000. */
+  reprobeMax?: number;
+  /** Long-poll wait (s) the server is asked for. Default 20. */
+  pollTimeout?: number;
+  /** Silence (no frame, no heartbeat) beyond heartbeatFactor * heartbeat_interval + 0.5 s
+   *  closes and reconnects. Default 2.5. */
+  heartbeatFactor?: number;
+}
+
+export class PushError extends Error {
+  /** `outbox-full`, `closed`, `refused`, `network`, `negotiate`, `transport-failed`. */
+  readonly code: string;
+  /** HTTP status, where one was answered. */
+  readonly status?: number;
+  readonly fatal: boolean;
+}
+
+export class PushClient {
+  /**
+   * Starts connecting at once. `url` is the pushsvc base URL (`""` for the page's origin).
+   * A WebSocket from another origin must be allowed by the server's `allowed_origins`;
+   * SSE, long-poll and publish by its `cors_origins`.
+   */
+  constructor(url: string, options: PushClientOptions);
+  readonly state: ConnectionState;
+  /** The transport events currently arrive on, or null. */
+  readonly transport: TransportName | null;
+  /** The opaque resume cursor (also kept in sessionStorage). */
+  readonly cursor: string | null;
+  /** Messages queued and not yet acknowledged. */
+  readonly outboxSize: number;
+  /** Heartbeat interval (s) from the last negotiation. */
+  readonly heartbeatInterval: number;
+  readonly stats: { duplicatesDropped: number; reconnects: number; gaps: number; switches: number };
+  /**
+   * Queue a message; sent at once when connected, else on the next connection (also after
+   * a page reload). Resolves with the event ID once stored (exactly once: the client id is
+   * the idempotency key). Rejects with `outbox-full` when `outboxLimit` messages wait, and
+   * with `refused` when the server rejects the message (no grant, too large, ...).
+   */
+  publish(
+    channel: string,
+    data: unknown,
+    options?: { event?: string; id?: string },
+  ): Promise<string>;
+  /** Stop for good. Queued messages stay in sessionStorage for a later client. */
+  close(): void;
+}
+
+export default PushClient;
