@@ -30,7 +30,9 @@ from pushsvc.protocol import cursor as cursor_codec
 from pushsvc.protocol.events import Event, Gap, dump_json, payload_json
 from pushsvc.protocol.ids import StreamId, format_id
 
-SSE_HEARTBEAT = b": hb\n\n"
+# A named event, not a comment: the browser's EventSource hides comments, so a heartbeat
+# comment could not tell a quiet stream from a dead one there. ``onmessage`` ignores it.
+SSE_HEARTBEAT = b"event: heartbeat\ndata: {}\n\n"
 SSE_OPEN = b": pushsvc\n\n"
 
 
