@@ -1,1 +1,6 @@
-pytest_plugins = ["tests.fixtures_redis", "tests.fixtures_server"]
+pytest_plugins = [
+    "tests.fixtures_redis",
+    "tests.fixtures_server",
+    "tests.fixtures_nginx",
+    "tests.fixtures_browser",
+]
