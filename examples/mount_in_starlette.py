@@ -1,0 +1,99 @@
+"""Mount pushsvc in your own Starlette (or FastAPI) application under ``/push``.
+
+    python examples/mount_in_starlette.py          # serves, checks itself, exits
+    uvicorn examples.mount_in_starlette:app        # just serves
+
+Run as a script it starts uvicorn on a free port, publishes through the mounted app and
+reads the event back with a long-poll, then stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import sys
+from collections.abc import AsyncIterator
+
+import httpx
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Mount, Route
+
+from pushsvc import Settings
+from pushsvc.app import create_app
+
+# --8<-- [start:mount]
+# Settings from PUSHSVC_* variables (or Settings(...) in code); with no secret and no
+# API key configured, ephemeral ones are generated.
+push = create_app(Settings.from_env())
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    # Starlette does not run a mounted app's lifespan: run pushsvc's (hub, backend) here.
+    async with push.router.lifespan_context(push):
+        yield
+
+
+async def home(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("my application")
+
+
+app = Starlette(
+    routes=[Route("/", home), Mount("/push", app=push)],
+    lifespan=lifespan,
+)
+# --8<-- [end:mount]
+
+
+async def self_check(port: int) -> None:
+    base = f"http://127.0.0.1:{port}"
+    key = {"Authorization": f"Bearer {push.state.settings.api_keys[0]}"}
+    async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+        print("home", (await client.get("/")).text)
+        ready = await client.get("/push/readyz")
+        print("readyz", ready.status_code, ready.json()["status"])
+        # an API key may read any channel: start a poll, then publish into it
+        poll = asyncio.create_task(
+            client.get("/push/v1/poll", params={"channel": "news", "timeout": 5}, headers=key)
+        )
+        await asyncio.sleep(0.3)
+        published = await client.post(
+            "/push/v1/publish", json={"channel": "news", "data": "mounted"}, headers=key
+        )
+        print("published", published.json()["id"])
+        for event in (await poll).json()["events"]:
+            print("polled", event["channel"], event["id"], event["data"])
+
+
+async def main() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # --8<-- [start:serve]
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        ws="websockets-sansio",  # as `pushsvc serve`: no protocol pings needed ...
+        ws_per_message_deflate=False,  # ... and no ~300 KiB deflate state per connection
+        log_level="warning",
+    )
+    # --8<-- [end:serve]
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 (uvicorn.Server has no "started" event)
+        await asyncio.sleep(0.05)
+    try:
+        await self_check(port)
+    finally:
+        server.should_exit = True
+        await serving
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
