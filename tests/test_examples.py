@@ -312,3 +312,21 @@ def test_nginx_example_config_passes_every_transport(server: Server, nginx_in_fr
     ]:
         out = run_example(script, "chat:lobby", flag, start, "--count", "3", env=env)
         assert [e[2] for e in lines_of(out, "event") + lines_of(out, "message")] == ids, script
+
+
+def test_python_client_example_publishes_through_its_outbox_and_receives(server: Server) -> None:
+    env = example_env(server)
+    start = start_cursor(server, ["chat:py"])
+    args = ["chat:py", "--publish", "a", "--publish", "b", "--count", "2", "--cursor", start]
+    out = run_example("python_client.py", *args, env=env)
+
+    assert "state connected websocket" in out
+    events = lines_of(out, "event")
+    assert [e[3] for e in events] == ["{'text': 'a'}", "{'text': 'b'}"]
+    assert [p[0] for p in lines_of(out, "published")] == [e[2] for e in events]
+    assert history_ids(server, "chat:py") == [e[2] for e in events]  # each stored once
+    # its cursor resumes right after the last event, on another transport
+    later = server.publish("chat:py", "c")
+    args = ["chat:py", "--cursor", last_cursor([ln for ln in out if ln.startswith("cursor")])]
+    out = run_example("long_poll.py", *args, "--count", "1", env=env)
+    assert lines_of(out, "event") == [["chat:py", "message", later, '"c"']]
