@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import click
+import httpx
 import pytest
 
 from pushsvc import cli
@@ -93,3 +94,17 @@ def test_sse_reference_has_every_event_type(kind: str) -> None:
     assert f"event: {kind}" in text
     frames = _source("protocol", "frames.py") + _source("transports", "sse.py") + _source("hub.py")
     assert kind in frames  # the list above is the server's, not an invention of the docs
+
+
+async def test_http_reference_lists_every_metric() -> None:
+    text = page("reference/http-api.md")
+    app = create_app(Settings(secrets=("s",), api_keys=("k",)))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            scraped = (await client.get("/metrics")).text
+    families = set(re.findall(r"^# TYPE (pushsvc_\w+) ", scraped, re.MULTILINE))
+    families = {f for f in families if not f.endswith("_created")}
+    assert families
+    for family in sorted(families):
+        assert f"`{family}`" in text, family
