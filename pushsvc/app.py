@@ -29,6 +29,7 @@ from pushsvc.exceptions import PushError
 from pushsvc.hub import Hub
 from pushsvc.limits import RateLimiter
 from pushsvc.logs import install_redaction
+from pushsvc.metrics import metrics_endpoint
 from pushsvc.settings import Settings
 from pushsvc.transports.longpoll import poll_endpoint
 from pushsvc.transports.sse import sse_endpoint
@@ -72,6 +73,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/v1/channels/{channel:path}/history", api.history, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/readyz", api.readyz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
         _static_route("pushsvc.js", "application/javascript"),
         _static_route("pushsvc.d.ts", "application/typescript"),
     ]
@@ -101,6 +103,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.auth = Authenticator(settings.secrets, settings.api_keys)
     app.state.backend = backend
     app.state.hub = hub
+    app.state.metrics = hub.metrics
     app.state.publish_limiter = RateLimiter(settings.publish_rate, settings.publish_burst)
     app.state.api_key_limiter = RateLimiter(
         settings.api_key_publish_rate, settings.api_key_publish_burst

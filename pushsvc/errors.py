@@ -28,11 +28,17 @@ def problem_response(exc: PushError) -> Response:
 
 async def push_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, PushError)  # registered for PushError only
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.error(exc)
     return problem_response(exc)
 
 
 async def http_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)  # registered for HTTPException only
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.rejected(exc.status_code, "about:blank")
     body: dict[str, Any] = {
         "type": "about:blank",
         "title": str(exc.detail),

@@ -21,6 +21,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from pushsvc.backends.base import Backend
+from pushsvc.metrics import Metrics
 from pushsvc.protocol import codes
 from pushsvc.protocol.events import Event
 from pushsvc.session import Session
@@ -40,6 +41,7 @@ class Hub:
         self._tasks: set[asyncio.Task[None]] = set()
         self._heartbeat_task: asyncio.Task[None] | None = None
         self.closing = False
+        self.metrics = Metrics(backend, settings)
         backend.set_sink(self._dispatch)
 
     async def start(self) -> None:
@@ -71,10 +73,13 @@ class Hub:
 
     def register(self, session: Session) -> None:
         self.sessions.add(session)
+        self.metrics.opened(session)
         if self.closing:
             session.close(codes.WS_1001_GOING_AWAY, "server shutting down")
 
     def forget(self, session: Session) -> None:
+        if session in self.sessions:
+            self.metrics.closed(session)
         self.sessions.discard(session)
 
     async def join(self, session: Session, channels: list[str]) -> None:

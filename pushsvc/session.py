@@ -113,6 +113,8 @@ class Session:
             if self.bounded_replay and self._batch_full():
                 break
             await self._catch_up(c)
+            if positions.get(c) is not None:
+                self.hub.metrics.resumed(self, c)
 
     async def _catch_up(self, channel: str) -> None:
         backend = self.hub.backend
@@ -145,6 +147,7 @@ class Session:
                 return
 
     def _emit_gap(self, gap: Gap, pos: ChannelPosition) -> None:
+        self.hub.metrics.gap(self, gap)
         pos.position = gap.until
         self._advance(gap.channel, gap.until)
         self.push(self.wire.gap(gap, self.cursor))

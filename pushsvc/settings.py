@@ -66,6 +66,10 @@ class Settings:
     # Token lifetimes.
     token_ttl_default: float = 3600.0
 
+    # Observability.
+    log_json: bool = False
+    metrics_latency_every: int = 1
+
     def __post_init__(self) -> None:
         for name in (
             "heartbeat_interval",
@@ -153,6 +157,10 @@ DESCRIPTIONS: dict[str, str] = {
     "api_key_publish_rate": "Publishes per second per API key, per instance.",
     "api_key_publish_burst": "Burst of the per-API-key publish bucket.",
     "token_ttl_default": "Lifetime of tokens minted by `pushsvc token` without `--ttl`.",
+    "log_json": "One JSON line per connection open/close (transport, subject, duration, close "
+    "code and reason) on stderr, logger `pushsvc.connections`.",
+    "metrics_latency_every": "Sample the publish-to-write latency histogram on one write in "
+    "N per transport (1: every write).",
 }
 
 

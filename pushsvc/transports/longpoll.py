@@ -41,6 +41,7 @@ async def poll_endpoint(request: Request) -> Response:
             await session.wait(timeout)
         items = session.drain()
         body = frames.poll_response(items, session.cursor)  # type: ignore[arg-type]
+        hub.metrics.poll.wrote(items)
     finally:
         disconnect.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -67,6 +67,7 @@ class SSEStream(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         session = self.session
+        stats = session.hub.metrics.sse
         session.hub.register(session)
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         await send(
@@ -91,6 +92,7 @@ class SSEStream(Response):
                             "more_body": True,
                         }
                     )
+                    stats.wrote(batch)
                 if session.close_code is not None:
                     if session.close_reason:
                         await send(

@@ -55,6 +55,7 @@ async def serve_websocket(scope: Scope, receive: Receive, send: Send) -> None:
         if len(hub.sessions) >= settings.max_connections:
             raise Unavailable("connection limit reached on this instance", retry_after=2)
     except PushError as exc:
+        hub.metrics.error(exc)
         await _deny(scope, send, exc)
         return
     await send({"type": "websocket.accept"})
@@ -107,14 +108,17 @@ class _Connection:
     async def write(self) -> None:
         session = self.session
         send = self.send
+        stats = session.hub.metrics.websocket
         try:
             while True:
                 await session.wait()
-                for frame in session.drain():
+                batch = session.drain()
+                for frame in batch:
                     if type(frame) is str:
                         await send({"type": "websocket.send", "text": frame})
                     else:
                         await send({"type": "websocket.send", "bytes": frame})
+                stats.wrote(batch)
                 if session.close_code is not None:
                     if session.close_code != codes.WS_1000_NORMAL_CLOSURE or session.close_reason:
                         await send(
@@ -147,6 +151,7 @@ class _Connection:
                     frame = client_frames.parse_binary(raw or b"", self.limits)
                 await self.handle(frame)
         except PushError as exc:
+            session.hub.metrics.error(exc)
             session.close(exc.close_code, exc.detail)
         except Exception:
             log.exception("WebSocket reader failed")
@@ -215,6 +220,7 @@ class _Connection:
         )
 
     def _error(self, exc: PushError, **fields: Any) -> None:
+        self.session.hub.metrics.error(exc)
         body = exc.problem_body()
         self.session.push(
             ws_control(
