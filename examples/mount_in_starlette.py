@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -24,6 +25,7 @@ from starlette.routing import Mount, Route
 
 from pushsvc import Settings
 from pushsvc.app import create_app
+from pushsvc.cli import GracefulServer
 
 # --8<-- [start:mount]
 # Settings from PUSHSVC_* variables (or Settings(...) in code); with no secret and no
@@ -69,6 +71,24 @@ async def self_check(port: int) -> None:
             print("polled", event["channel"], event["id"], event["data"])
 
 
+async def sse_until_closed(port: int, opened: asyncio.Event) -> str:
+    """Hold an SSE stream open; answer the server's ``close`` event at shutdown."""
+    key = {"Authorization": f"Bearer {push.state.settings.api_keys[0]}"}
+    url = f"http://127.0.0.1:{port}/push/v1/sse"
+    async with (
+        httpx.AsyncClient(timeout=10) as client,
+        client.stream("GET", url, params={"channel": "news"}, headers=key) as response,
+    ):
+        opened.set()
+        closing = False
+        async for line in response.aiter_lines():
+            if line == "event: close":
+                closing = True
+            elif closing and line.startswith("data: "):
+                return line.removeprefix("data: ")
+    return "stream ended without a close event"
+
+
 async def main() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -80,18 +100,27 @@ async def main() -> int:
         port=port,
         ws="websockets-sansio",  # as `pushsvc serve`: no protocol pings needed ...
         ws_per_message_deflate=False,  # ... and no ~300 KiB deflate state per connection
+        timeout_graceful_shutdown=5,
         log_level="warning",
     )
+    # uvicorn waits for open responses before it shuts down, and an SSE stream never ends
+    # by itself: GracefulServer ends pushsvc's sessions as soon as the shutdown starts.
+    server = GracefulServer(config, push.state.hub)
     # --8<-- [end:serve]
-    server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve())
     while not server.started:  # noqa: ASYNC110 (uvicorn.Server has no "started" event)
         await asyncio.sleep(0.05)
+    opened = asyncio.Event()
+    stream = asyncio.create_task(sse_until_closed(port, opened))
     try:
         await self_check(port)
+        await asyncio.wait_for(opened.wait(), 5)
     finally:
+        started = time.monotonic()
         server.should_exit = True
         await serving
+    print("sse closed", await stream)
+    print("stopped in", "under a second" if time.monotonic() - started < 1 else "over a second")
     return 0
 
 
