@@ -296,9 +296,9 @@ async def test_every_event_of_a_live_stream_arrives_once_in_order(
         items = await take(client, 32)
         assert client.transport == transport
     assert ids_by_channel(items) == published
-    by_id = {i.id: i for i in items if isinstance(i, Event)}
-    assert by_id[binary_id].data == b"\x00\xffraw"
-    assert by_id[own_id].data == {"from": "client"}
+    by_id = {(i.channel, i.id): i for i in items if isinstance(i, Event)}  # IDs are per channel
+    assert by_id[channels[0], binary_id].data == b"\x00\xffraw"
+    assert by_id[channels[1], own_id].data == {"from": "client"}
     assert client.duplicates == 0
     assert states.names()[:2] == [("connecting", None), ("connected", transport)]
 
