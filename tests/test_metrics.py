@@ -66,7 +66,7 @@ def publish_batch(server: Server, channel: str, values: list[Any]) -> None:
 
 
 async def test_metrics_count_traffic_on_every_transport(server_factory: Any) -> None:
-    server: Server = server_factory()
+    server: Server = server_factory(metrics_latency_every=1)
     channel = "metrics"
     token = server.token()
     ws = await ws_subscribe(server, channel)
@@ -247,3 +247,29 @@ async def test_deaf_listener_is_visible_in_metrics() -> None:
     text = metrics.render().decode()
     assert "pushsvc_backend_listener_up 0.0" in text
     assert "pushsvc_backend_listener_reconnects_total 3.0" in text
+
+
+def test_transport_stats_count_event_frames_and_sample_one_write_in_n() -> None:
+    import time
+
+    from pushsvc.metrics import TransportStats
+    from pushsvc.protocol import frames
+    from pushsvc.protocol.events import Event
+
+    now_ms = int(time.time() * 1000)
+    events = [Event("c", (now_ms - 20, i), "m", b"1") for i in range(8)]
+    ws = TransportStats("websocket", every=4)
+    for e in events:
+        ws.wrote([frames.ws_event(e, None)])
+    ws.wrote([frames.ws_control("heartbeat")])  # a control frame is no event
+    assert (ws.events, ws.frames, ws.writes) == (8, 9, 9)
+    assert ws.latency_count == 2  # writes 1 and 5
+    assert 19 <= ws.latency_sum_ms / 2 < 1000
+
+    sse = TransportStats("sse", every=1)
+    sse.wrote([frames.SSE_HEARTBEAT, *(frames.sse_event(e, None) for e in events[:3])])
+    assert (sse.events, sse.frames, sse.latency_count) == (3, 4, 1)
+    poll = TransportStats("long-polling", every=1)
+    poll.wrote([frames.poll_event(e) for e in events])
+    poll.wrote([])  # a poll answered at its timeout
+    assert (poll.events, poll.writes, poll.latency_count) == (8, 2, 1)
