@@ -35,6 +35,7 @@ import httpx
 import uvicorn
 
 from pushsvc.__version__ import __version__
+from pushsvc.bench import bench
 from pushsvc.exceptions import ConfigError
 from pushsvc.settings import Settings
 
@@ -463,3 +464,6 @@ def _format(item: Any, as_json: bool) -> str:
             }
         )
     return f"{item.channel} gap {item.after}..{item.until} (trimmed before this client read them)"
+
+
+main.add_command(bench)

@@ -1,0 +1,13 @@
+"""``pushsvc bench``: a load generator and report for pushsvc's transports.
+
+Scenarios (each per transport): ``fanout`` (N subscribers on one channel, K events:
+deliveries/s, completeness, server CPU per delivery), ``latency`` (N subscribers, R
+events/s for T s: publish->receive percentiles), ``connections`` (C idle connections:
+server RSS per connection, idle CPU), ``resume`` (a subscriber misses M events and
+resumes: replay rate, time to caught-up), ``publish`` (HTTP publish throughput, single
+and batch). See ``docs/benchmarks.md``.
+"""
+
+from pushsvc.bench.cli import bench
+
+__all__ = ["bench"]

@@ -1,0 +1,124 @@
+"""Local process probes for the benchmark, read from ``/proc`` (Linux only).
+
+- CPU time: the sum over a process's threads of ``/proc/<pid>/task/<tid>/schedstat``'s
+  first field (nanoseconds on a CPU; precise, unlike ``stat``'s 10 ms clock ticks), with
+  ``/proc/<pid>/stat`` utime + stime as the fallback.
+- Memory: ``VmRSS`` from ``/proc/<pid>/status``.
+- The server behind a loopback ``--url``: the processes holding the listening socket
+  (``/proc/net/tcp*`` for its inode, then ``/proc/*/fd``; needs the rights to read them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+PROC = Path("/proc")
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def available() -> bool:
+    return (PROC / "self" / "stat").exists()
+
+
+def cpu_seconds(pids: list[int]) -> float | None:
+    """CPU seconds used so far by ``pids`` (all threads); ``None`` when unreadable."""
+    total = 0.0
+    for pid in pids:
+        value = _schedstat(pid)
+        if value is None:
+            value = _stat_cpu(pid)
+        if value is None:
+            return None
+        total += value
+    return total
+
+
+def _schedstat(pid: int) -> float | None:
+    try:
+        tasks = list((PROC / str(pid) / "task").iterdir())
+        ns = 0
+        for task in tasks:
+            with contextlib.suppress(FileNotFoundError):  # a thread ended meanwhile
+                ns += int((task / "schedstat").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return ns / 1e9
+
+
+def _stat_cpu(pid: int) -> float | None:
+    try:
+        raw = (PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    fields = raw.rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def rss_bytes(pids: list[int]) -> int | None:
+    total = 0
+    for pid in pids:
+        try:
+            for line in (PROC / str(pid) / "status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+                    break
+        except (OSError, ValueError):
+            return None
+    return total
+
+
+def listening_pids(port: int) -> list[int]:
+    """Processes holding a socket that listens on ``port`` (any local address)."""
+    inodes: set[str] = set()
+    for name in ("tcp", "tcp6"):
+        try:
+            lines = (PROC / "net" / name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if len(parts) < 10 or parts[3] != "0A":  # 0A: LISTEN
+                continue
+            if int(parts[1].rpartition(":")[2], 16) == port:
+                inodes.add(parts[9])
+    if not inodes:
+        return []
+    targets = {f"socket:[{inode}]" for inode in inodes}
+    pids: list[int] = []
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            for fd in (entry / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) in targets:
+                        pids.append(int(entry.name))
+                        break
+        except OSError:
+            continue
+    return sorted(pids)
+
+
+def pin(pid: int, cpus: set[int]) -> bool:
+    """Pin ``pid`` (0: this process) to ``cpus``; False where affinity is unsupported."""
+    setter = getattr(os, "sched_setaffinity", None)
+    if setter is None:
+        return False
+    try:
+        setter(pid, cpus)
+    except OSError:
+        return False
+    return True
+
+
+def affinity(pid: int = 0) -> set[int] | None:
+    getter = getattr(os, "sched_getaffinity", None)
+    if getter is None:
+        return None
+    try:
+        cpus: set[int] = getter(pid)
+    except OSError:
+        return None
+    return cpus

@@ -1,0 +1,245 @@
+"""What a benchmark run leaves behind: a table on the terminal, ``bench.json``,
+``bench.md`` and PNG plots (``latency.png``: publish->receive distribution per transport;
+``fanout.png``: deliveries/s and server CPU per delivery per transport) in ``--out``.
+
+matplotlib is imported only here and only when plotting (the ``bench`` extra); without it
+the plots are skipped and the report says so.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from pushsvc.bench.scenarios import SATURATED, Phase
+
+# (scenario, figure key, column title) in display order
+COLUMNS: dict[str, list[tuple[str, str]]] = {
+    "fanout": [
+        ("subscribers_connected", "subscribers"),
+        ("deliveries", "deliveries"),
+        ("deliveries_per_s", "deliveries/s"),
+        ("server_cpu_us_per_delivery", "server CPU µs/delivery"),
+        ("generator_cpu_us_per_delivery", "generator CPU µs/delivery"),
+        ("server_events_per_write", "events/write"),
+        ("p50_ms", "p50 ms"),
+        ("p99_ms", "p99 ms"),
+        ("lost", "lost"),
+        ("duplicated", "dup"),
+    ],
+    "latency": [
+        ("subscribers_connected", "subscribers"),
+        ("deliveries", "deliveries"),
+        ("p50_ms", "p50 ms"),
+        ("p90_ms", "p90 ms"),
+        ("p99_ms", "p99 ms"),
+        ("max_ms", "max ms"),
+        ("lost", "lost"),
+        ("duplicated", "dup"),
+    ],
+    "connections": [
+        ("connections_open", "connections"),
+        ("still_open_after_idle", "open after idle"),
+        ("server_rss_kib_per_connection", "server RSS KiB/conn"),
+        ("server_idle_cpu_percent", "server idle CPU %"),
+    ],
+    "resume": [
+        ("replayed", "replayed"),
+        ("time_to_caught_up_s", "caught up s"),
+        ("replay_events_per_s", "events/s"),
+        ("server_cpu_us_per_event", "server CPU µs/event"),
+        ("lost", "lost"),
+        ("duplicated", "dup"),
+        ("gaps", "gaps"),
+    ],
+    "publish": [
+        ("messages", "messages"),
+        ("requests_per_s", "requests/s"),
+        ("messages_per_s", "messages/s"),
+        ("request_p50_ms", "req p50 ms"),
+        ("request_p99_ms", "req p99 ms"),
+        ("server_cpu_us_per_message", "server CPU µs/msg"),
+        ("rejected", "rejected"),
+    ],
+}
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value >= 1000:
+            return f"{value:,.0f}"
+        if value >= 100:
+            return f"{value:.1f}"
+        return f"{value:.3g}" if value < 10 else f"{value:.2f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _cpu(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.0f}%"
+
+
+def rows(phases: Sequence[Phase], scenario: str) -> tuple[list[str], list[list[str]]]:
+    cols = COLUMNS[scenario]
+    head = ["transport", *[title for _, title in cols], "server CPU", "generator CPU", "ok"]
+    body = []
+    for p in phases:
+        if p.scenario != scenario:
+            continue
+        gen = _cpu(p.generator_cpu) + (" SATURATED" if p.saturated else "")
+        ok = "yes" if p.complete else ("TIMEOUT" if p.timed_out else "NO")
+        body.append(
+            [p.transport, *[_fmt(p.figures.get(k)) for k, _ in cols], _cpu(p.server_cpu), gen, ok]
+        )
+    return head, body
+
+
+def print_table(phases: Sequence[Phase], console: Console) -> None:
+    for scenario in COLUMNS:
+        head, body = rows(phases, scenario)
+        if not body:
+            continue
+        table = Table(title=scenario, title_justify="left")
+        for i, h in enumerate(head):
+            table.add_column(h, justify="left" if i == 0 else "right")
+        for row in body:
+            table.add_row(*row)
+        console.print(table)
+    saturated = [p for p in phases if p.saturated]
+    if saturated:
+        names = ", ".join(f"{p.scenario}/{p.transport}" for p in saturated)
+        console.print(
+            f"[bold yellow]generator saturated (> {SATURATED:.0%} of a core)[/] in: {names}; "
+            "those figures may be limited by the load generator, not the server"
+        )
+
+
+def write_json(path: Path, meta: dict[str, Any], phases: Sequence[Phase]) -> None:
+    doc = {"meta": meta, "phases": [p.as_dict() for p in phases]}
+    path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+
+
+def markdown(meta: dict[str, Any], phases: Sequence[Phase], plots: Sequence[str]) -> str:
+    out = ["# pushsvc bench", ""]
+    out.append(f"- command: `{meta.get('command', '')}`")
+    keys = ("started", "server", "backend", "pinning", "machine", "python", "pushsvc")
+    for key in (*keys, "load_average_at_start", "load_average_at_end"):
+        if meta.get(key) is not None:
+            out.append(f"- {key}: {meta[key]}")
+    out.append("")
+    for scenario in COLUMNS:
+        head, body = rows(phases, scenario)
+        if not body:
+            continue
+        out.append(f"## {scenario}")
+        out.append("")
+        params = next(p.params for p in phases if p.scenario == scenario)
+        out.append("parameters: " + ", ".join(f"{k} = {v}" for k, v in params.items()))
+        out.append("")
+        out.append("| " + " | ".join(head) + " |")
+        out.append("|" + "---|" * len(head))
+        out.extend("| " + " | ".join(row) + " |" for row in body)
+        notes = [f"{p.transport}: {n}" for p in phases if p.scenario == scenario for n in p.notes]
+        if notes:
+            out.append("")
+            out.extend(f"- {n}" for n in notes)
+        out.append("")
+    saturated = [p for p in phases if p.saturated]
+    out.append("## Load generator")
+    out.append("")
+    if saturated:
+        names = ", ".join(f"{p.scenario}/{p.transport}" for p in saturated)
+        out.append(
+            f"**The generator was saturated** (above {SATURATED:.0%} of a core) in: {names}. "
+            "Those figures may be limited by the generator rather than the server."
+        )
+    else:
+        out.append(
+            f"The generator stayed below {SATURATED:.0%} of a core in every phase "
+            "(column *generator CPU*)."
+        )
+    incomplete = [p for p in phases if not p.complete]
+    out.append("")
+    if incomplete:
+        names = ", ".join(f"{p.scenario}/{p.transport}" for p in incomplete)
+        out.append(f"**Incomplete phases**: {names} (see lost / duplicated / notes).")
+    else:
+        out.append("Every phase was complete: no event lost or duplicated.")
+    if plots:
+        out.append("")
+        out.append("## Plots")
+        out.append("")
+        out.extend(f"![{name}]({name})" for name in plots)
+    elif meta.get("plots_skipped"):
+        out.append("")
+        out.append(f"Plots skipped: {meta['plots_skipped']}")
+    return "\n".join(out) + "\n"
+
+
+def plot(out: Path, phases: Sequence[Phase]) -> list[str]:
+    """Write the PNG plots; answers their file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written: list[str] = []
+    lat = [p for p in phases if p.scenario == "latency" and p.latencies_ms]
+    if not lat:
+        lat = [p for p in phases if p.scenario == "fanout" and p.latencies_ms]
+    if lat:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        for p in lat:
+            values = sorted(p.latencies_ms or [])
+            n = len(values)
+            xs = [max(v, 0.05) for v in values]
+            ys = [(i + 1) / n for i in range(n)]
+            ax.plot(xs, ys, label=f"{p.transport} (p99 {p.figures.get('p99_ms')} ms)")
+        ax.set_xscale("log")
+        ax.set_xlabel("publish → receive, ms (log scale)")
+        ax.set_ylabel("fraction of deliveries ≤ x")
+        ax.set_title(f"publish → receive per transport ({lat[0].scenario}: {_params(lat[0])})")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "latency.png", dpi=110)
+        plt.close(fig)
+        written.append("latency.png")
+    fan = [p for p in phases if p.scenario == "fanout"]
+    if fan:
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.2))
+        names = [p.transport for p in fan]
+        rates = [p.figures.get("deliveries_per_s") or 0 for p in fan]
+        cpu = [p.figures.get("server_cpu_us_per_delivery") or 0 for p in fan]
+        ax1.bar(names, rates, color="#4477aa")
+        ax1.set_title("deliveries / s")
+        ax2.bar(names, cpu, color="#cc6677")
+        ax2.set_title("server CPU µs / delivery")
+        for ax, values in ((ax1, rates), (ax2, cpu)):
+            for i, v in enumerate(values):
+                ax.annotate(_fmt(float(v)), (i, v), ha="center", va="bottom")
+            ax.grid(True, axis="y", alpha=0.3)
+        fig.suptitle(f"fanout, {_params(fan[0])}")
+        fig.tight_layout()
+        fig.savefig(out / "fanout.png", dpi=110)
+        plt.close(fig)
+        written.append("fanout.png")
+    return written
+
+
+def _params(p: Phase) -> str:
+    short = {"subscribers": "N", "events": "K", "rate_per_s": "ev/s", "duration_s": "s"}
+    return ", ".join(
+        f"{short.get(k, k)} {v:g}" if isinstance(v, float) else f"{short.get(k, k)} {v}"
+        for k, v in p.params.items()
+        if not isinstance(v, float) or math.isfinite(v)
+    )

@@ -1,0 +1,599 @@
+"""The benchmark scenarios. Each runs once per transport (publish: once) and answers a
+``Phase``: its parameters, its figures, whether it was complete, and the generator's own
+CPU use (a generator above 90% of a core may be what limited the figures).
+
+Every loop is bounded by a count and by ``phase_timeout``; a phase that runs out of time
+reports what it has, with ``complete: false`` and the missing events as lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import statistics
+import time
+import uuid
+from array import array
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from pushsvc.bench.server import ServerUnderTest
+from pushsvc.bench.wire import SUBSCRIBERS, Publisher, Subscriber, Tally, Target
+
+SATURATED = 0.9  # generator CPU, fraction of one core
+SCENARIOS = ("fanout", "latency", "connections", "resume", "publish")
+TRANSPORTS = ("websocket", "sse", "long-polling")
+
+
+@dataclass
+class Options:
+    transports: tuple[str, ...] = TRANSPORTS
+    subscribers: int = 100
+    events: int = 100
+    rate: float = 20.0
+    duration: float = 5.0
+    latency_subscribers: int | None = None  # default: subscribers
+    connections: int = 500
+    idle_seconds: float = 6.0
+    missed: int = 5_000
+    publishes: int = 2_000
+    batch: int = 100
+    publishers: int = 4
+    payload_bytes: int = 64
+    phase_timeout: float = 120.0
+    connect_concurrency: int = 200
+    settle: float = 0.3
+
+
+@dataclass
+class Phase:
+    scenario: str
+    transport: str
+    params: dict[str, Any]
+    figures: dict[str, Any] = field(default_factory=dict)
+    complete: bool = True
+    timed_out: bool = False
+    generator_cpu: float | None = None  # fraction of one core during the measured part
+    server_cpu: float | None = None  # fraction of one core during the measured part
+    notes: list[str] = field(default_factory=list)
+    elapsed: float | None = None  # the whole phase, setup included
+    latencies_ms: array[float] | None = None  # not serialized
+
+    @property
+    def saturated(self) -> bool:
+        return self.generator_cpu is not None and self.generator_cpu > SATURATED
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario,
+            "transport": self.transport,
+            "params": self.params,
+            "figures": self.figures,
+            "complete": self.complete,
+            "timed_out": self.timed_out,
+            "generator_cpu": _round(self.generator_cpu),
+            "generator_saturated": self.saturated,
+            "server_cpu": _round(self.server_cpu),
+            "notes": self.notes,
+            "elapsed_s": _round(self.elapsed, 2),
+        }
+
+
+def _round(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+class Meter:
+    """Wall time, the generator's CPU and the server's CPU over one measured part."""
+
+    def __init__(self, server: ServerUnderTest) -> None:
+        self.server = server
+        self.wall = 0.0
+        self.gen_cpu = 0.0
+        self.server_cpu: float | None = None
+
+    def start(self) -> None:
+        self._t0 = time.perf_counter()
+        self._g0 = time.process_time()
+        self._s0 = self.server.cpu_seconds()
+
+    def stop(self) -> None:
+        s1 = self.server.cpu_seconds()
+        self.gen_cpu = time.process_time() - self._g0
+        self.wall = time.perf_counter() - self._t0
+        if s1 is not None and self._s0 is not None:
+            self.server_cpu = s1 - self._s0
+
+    def fill(self, phase: Phase) -> None:
+        if self.wall > 0:
+            phase.generator_cpu = self.gen_cpu / self.wall
+            if self.server_cpu is not None:
+                phase.server_cpu = self.server_cpu / self.wall
+
+
+def percentiles(values: array[float] | list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50_ms": None, "p90_ms": None, "p99_ms": None, "max_ms": None, "mean_ms": None}
+    ordered = sorted(values)
+    n = len(ordered)
+
+    def at(q: float) -> float:
+        return round(ordered[min(n - 1, int(q * n))], 3)
+
+    return {
+        "p50_ms": at(0.50),
+        "p90_ms": at(0.90),
+        "p99_ms": at(0.99),
+        "max_ms": round(ordered[-1], 3),
+        "mean_ms": round(statistics.fmean(ordered), 3),
+    }
+
+
+Progress = Callable[[str, int, Callable[[], float]], contextlib.AbstractAsyncContextManager[None]]
+
+
+@contextlib.asynccontextmanager
+async def _no_progress(
+    description: str, total: int, current: Callable[[], float]
+) -> AsyncIterator[None]:
+    yield
+
+
+class Bench:
+    def __init__(
+        self,
+        server: ServerUnderTest,
+        token: str,
+        options: Options,
+        progress: Progress | None = None,
+        respawn: Callable[[], ServerUnderTest] | None = None,
+    ) -> None:
+        self.server = server
+        self.token = token
+        self.o = options
+        self.progress: Progress = progress or _no_progress
+        self.respawn = respawn
+        self.run_id = uuid.uuid4().hex[:8]
+
+    @property
+    def target(self) -> Target:
+        return Target(self.server.host, self.server.port, self.token, self.server.api_key)
+
+    def channel(self, scenario: str, transport: str) -> str:
+        return f"bench-{self.run_id}-{scenario}-{transport}"
+
+    def body(self, channel: str, n: int) -> bytes:
+        pad = "x" * max(0, self.o.payload_bytes - 20)
+        return json.dumps(
+            {"channel": channel, "event": "bench", "data": {"n": n, "pad": pad}}
+        ).encode()
+
+    def batch_body(self, channel: str, start: int, count: int) -> bytes:
+        pad = "x" * max(0, self.o.payload_bytes - 20)
+        messages = [
+            {"channel": channel, "event": "bench", "data": {"n": n, "pad": pad}}
+            for n in range(start, start + count)
+        ]
+        return json.dumps({"messages": messages}).encode()
+
+    # --- helpers -------------------------------------------------------------------------
+
+    async def open_subscribers(
+        self,
+        transport: str,
+        n: int,
+        channel: str,
+        target_count: int,
+        latencies: array[float] | None,
+        on_target: Callable[[Tally], None] | None = None,
+    ) -> tuple[list[Subscriber], int]:
+        cls = SUBSCRIBERS[transport]
+        sem = asyncio.Semaphore(self.o.connect_concurrency)
+        opened: list[Subscriber] = []
+        failed = 0
+
+        async def one() -> None:
+            nonlocal failed
+            async with sem:
+                tally = Tally(target_count, latencies)
+                tally.on_target = on_target
+                sub = cls(self.target, channel, tally)
+                try:
+                    async with asyncio.timeout(30):
+                        await sub.start()
+                except (OSError, TimeoutError):
+                    failed += 1
+                    sub.close()
+                    return
+                opened.append(sub)
+
+        async with self.progress(f"{transport}: connect", n, lambda: len(opened) + failed):
+            await asyncio.gather(*(one() for _ in range(n)))
+        return opened, failed
+
+    @staticmethod
+    async def close_all(subs: list[Subscriber]) -> None:
+        for sub in subs:
+            sub.close()
+        await asyncio.sleep(0.2)
+
+    async def wait_until(self, done: asyncio.Event, deadline: float) -> bool:
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await done.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def scrape(self) -> dict[str, float]:
+        """Server-side counters from ``/metrics`` (pushsvc only; empty elsewhere)."""
+        try:
+            r = httpx.get(self.server.url + "/metrics", timeout=5)
+        except httpx.HTTPError:
+            return {}
+        if r.status_code != 200:
+            return {}
+        out: dict[str, float] = {}
+        for line in r.text.splitlines():
+            if line.startswith(("pushsvc_writes_total", "pushsvc_events_delivered_total")):
+                name, _, value = line.rpartition(" ")
+                with contextlib.suppress(ValueError):
+                    out[name] = float(value)
+        return out
+
+    @staticmethod
+    def _server_per_write(
+        before: dict[str, float], after: dict[str, float], transport: str
+    ) -> float | None:
+        key_w = f'pushsvc_writes_total{{transport="{transport}"}}'
+        key_e = f'pushsvc_events_delivered_total{{transport="{transport}"}}'
+        if key_w not in after or key_e not in after:
+            return None
+        writes = after[key_w] - before.get(key_w, 0.0)
+        events = after[key_e] - before.get(key_e, 0.0)
+        return round(events / writes, 3) if writes else None
+
+    # --- fanout ----------------------------------------------------------------------------
+
+    async def fanout(self, transport: str) -> Phase:
+        o = self.o
+        n, k = o.subscribers, o.events
+        phase = Phase("fanout", transport, {"subscribers": n, "events": k})
+        channel = self.channel("fanout", transport)
+        latencies: array[float] = array("d")
+        all_done = asyncio.Event()
+        finished = 0
+
+        def reached(_: Tally) -> None:
+            nonlocal finished
+            finished += 1
+            if finished >= len(subs):
+                all_done.set()
+
+        subs, failed = await self.open_subscribers(transport, n, channel, k, latencies, reached)
+        if failed:
+            phase.notes.append(f"{failed} of {n} subscribers failed to connect")
+            phase.complete = False
+        await asyncio.sleep(o.settle)
+        publisher = await Publisher(self.target).open()
+        before = self.scrape()
+        meter = Meter(self.server)
+        deadline = time.monotonic() + o.phase_timeout
+        meter.start()
+        received = lambda: float(sum(s.tally.count for s in subs))  # noqa: E731
+        async with self.progress(f"{transport}: fanout deliveries", len(subs) * k, received):
+            for i in range(k):
+                if time.monotonic() > deadline:
+                    break
+                await publisher.publish(self.body(channel, i))
+            if not subs:
+                all_done.set()
+            ok = await self.wait_until(all_done, deadline)
+            meter.stop()
+        after = self.scrape()
+        publisher.close()
+        await self.close_all(subs)
+        delivered = sum(s.tally.count for s in subs)
+        dups = sum(s.tally.dups for s in subs)
+        lost = sum(max(0, k - s.tally.count) for s in subs)
+        meter.fill(phase)
+        phase.timed_out = not ok
+        phase.complete = phase.complete and ok and lost == 0 and dups == 0
+        if publisher.rejected:
+            phase.notes.append(f"{publisher.rejected} publishes were refused")
+        phase.figures = {
+            "subscribers_connected": len(subs),
+            "deliveries": delivered,
+            "lost": lost,
+            "duplicated": dups,
+            "seconds": round(meter.wall, 4),
+            "deliveries_per_s": round(delivered / meter.wall, 1) if meter.wall else None,
+            "server_cpu_us_per_delivery": (
+                round(meter.server_cpu / delivered * 1e6, 3)
+                if meter.server_cpu is not None and delivered
+                else None
+            ),
+            "generator_cpu_us_per_delivery": (
+                round(meter.gen_cpu / delivered * 1e6, 3) if delivered else None
+            ),
+            "server_events_per_write": self._server_per_write(before, after, transport),
+            **percentiles(latencies),
+        }
+        phase.latencies_ms = latencies
+        return phase
+
+    # --- latency ---------------------------------------------------------------------------
+
+    async def latency(self, transport: str) -> Phase:
+        o = self.o
+        n = o.latency_subscribers or o.subscribers
+        total = max(1, int(o.rate * o.duration))
+        phase = Phase(
+            "latency",
+            transport,
+            {"subscribers": n, "rate_per_s": o.rate, "duration_s": o.duration, "events": total},
+        )
+        channel = self.channel("latency", transport)
+        latencies: array[float] = array("d")
+        all_done = asyncio.Event()
+        finished = 0
+
+        def reached(_: Tally) -> None:
+            nonlocal finished
+            finished += 1
+            if finished >= len(subs):
+                all_done.set()
+
+        subs, failed = await self.open_subscribers(transport, n, channel, total, latencies, reached)
+        if failed:
+            phase.notes.append(f"{failed} of {n} subscribers failed to connect")
+            phase.complete = False
+        await asyncio.sleep(o.settle)
+        pool = [await Publisher(self.target).open() for _ in range(max(1, o.publishers))]
+        free: asyncio.Queue[Publisher] = asyncio.Queue()
+        for p in pool:
+            free.put_nowait(p)
+        tasks: set[asyncio.Task[None]] = set()
+        late = 0
+
+        async def publish_one(i: int) -> None:
+            p = await free.get()
+            try:
+                await p.publish(self.body(channel, i))
+            finally:
+                free.put_nowait(p)
+
+        meter = Meter(self.server)
+        deadline = time.monotonic() + o.duration + o.phase_timeout
+        meter.start()
+        started = time.perf_counter()
+        async with self.progress(f"{transport}: latency events", total, lambda: float(len(tasks))):
+            for i in range(total):
+                delay = started + i / o.rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                elif delay < -0.01:
+                    late += 1
+                task = asyncio.create_task(publish_one(i))
+                tasks.add(task)
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if not subs:
+                all_done.set()
+            ok = await self.wait_until(all_done, deadline)
+            meter.stop()
+        for p in pool:
+            p.close()
+        await self.close_all(subs)
+        lost = sum(max(0, total - s.tally.count) for s in subs)
+        dups = sum(s.tally.dups for s in subs)
+        meter.fill(phase)
+        phase.timed_out = not ok
+        phase.complete = phase.complete and ok and lost == 0 and dups == 0
+        if late:
+            phase.notes.append(f"{late} publishes left more than 10 ms behind schedule")
+        phase.figures = {
+            "subscribers_connected": len(subs),
+            "deliveries": len(latencies),
+            "lost": lost,
+            "duplicated": dups,
+            "publishes_late": late,
+            **percentiles(latencies),
+        }
+        phase.latencies_ms = latencies
+        return phase
+
+    # --- connections -----------------------------------------------------------------------
+
+    async def connections(self, transport: str) -> Phase:
+        o = self.o
+        c = o.connections
+        phase = Phase("connections", transport, {"connections": c, "idle_s": o.idle_seconds})
+        if self.respawn is not None:
+            self.server = self.respawn()  # fresh process: RSS deltas are this transport's
+        channel = self.channel("connections", transport)
+        # warm up: first connections import and allocate what every later one shares
+        warm, _ = await self.open_subscribers(transport, 20, channel + "-warm", 0, None)
+        await self.close_all(warm)
+        await asyncio.sleep(o.settle)
+        rss0 = self.server.rss_bytes()
+        subs, failed = await self.open_subscribers(transport, c, channel, 0, None)
+        if failed:
+            phase.notes.append(f"{failed} of {c} connections failed")
+            phase.complete = False
+        await asyncio.sleep(max(o.settle, min(1.0, c / 1000)))
+        rss1 = self.server.rss_bytes()
+        meter = Meter(self.server)
+        meter.start()
+        async with self.progress(
+            f"{transport}: idle",
+            int(o.idle_seconds * 10),
+            lambda: (time.perf_counter() - meter._t0) * 10,
+        ):
+            await asyncio.sleep(o.idle_seconds)
+        meter.stop()
+        alive = sum(1 for s in subs if _alive(s))
+        await self.close_all(subs)
+        meter.fill(phase)
+        if alive < len(subs):
+            phase.notes.append(f"{len(subs) - alive} connections were closed while idle")
+            phase.complete = False
+        per_conn = None
+        if rss0 is not None and rss1 is not None and subs:
+            per_conn = round((rss1 - rss0) / len(subs) / 1024, 2)
+        phase.figures = {
+            "connections_open": len(subs),
+            "still_open_after_idle": alive,
+            "server_rss_before_mib": None if rss0 is None else round(rss0 / 2**20, 2),
+            "server_rss_after_mib": None if rss1 is None else round(rss1 / 2**20, 2),
+            "server_rss_kib_per_connection": per_conn,
+            "server_idle_cpu_percent": (
+                None if phase.server_cpu is None else round(phase.server_cpu * 100, 3)
+            ),
+        }
+        return phase
+
+    # --- resume ----------------------------------------------------------------------------
+
+    async def resume(self, transport: str) -> Phase:
+        o = self.o
+        m = o.missed
+        phase = Phase("resume", transport, {"missed": m})
+        channel = self.channel("resume", transport)
+        cls = SUBSCRIBERS[transport]
+        first = cls(self.target, channel, Tally())
+        await first.start()
+        cursor = first.tally.cursor
+        first.close()
+        await asyncio.sleep(o.settle)
+        publisher = await Publisher(self.target).open()
+        sent = 0
+        deadline = time.monotonic() + o.phase_timeout
+        async with self.progress(f"{transport}: publish missed", m, lambda: float(sent)):
+            while sent < m and time.monotonic() < deadline:
+                count = min(o.batch, m - sent)
+                await publisher.publish(self.batch_body(channel, sent, count))
+                sent += count
+        publisher.close()
+        tally = Tally(m)
+        second = cls(self.target, channel, tally)
+        meter = Meter(self.server)
+        meter.start()
+        async with self.progress(f"{transport}: replay", m, lambda: float(tally.count)):
+            await second.start(cursor)
+            ok = await self.wait_until(tally.done, deadline)
+            meter.stop()
+        second.close()
+        meter.fill(phase)
+        lost = max(0, m - tally.count)
+        phase.timed_out = not ok
+        phase.complete = ok and lost == 0 and tally.dups == 0 and tally.gaps == 0 and sent == m
+        phase.figures = {
+            "replayed": tally.count,
+            "lost": lost,
+            "duplicated": tally.dups,
+            "gaps": tally.gaps,
+            "time_to_caught_up_s": round(meter.wall, 4),
+            "replay_events_per_s": round(tally.count / meter.wall, 1) if meter.wall else None,
+            "server_cpu_us_per_event": (
+                round(meter.server_cpu / tally.count * 1e6, 3)
+                if meter.server_cpu is not None and tally.count
+                else None
+            ),
+        }
+        if isinstance(second, SUBSCRIBERS["long-polling"]):
+            phase.figures["polls"] = getattr(second, "polls", None)
+        return phase
+
+    # --- publish ---------------------------------------------------------------------------
+
+    async def publish(self, mode: str) -> Phase:
+        o = self.o
+        batch = 1 if mode == "single" else max(1, o.batch)
+        requests = max(1, o.publishes // batch)
+        phase = Phase(
+            "publish",
+            mode,
+            {"messages": requests * batch, "batch": batch, "connections": o.publishers},
+        )
+        channel = self.channel("publish", mode)
+        pubs = [await Publisher(self.target).open() for _ in range(max(1, o.publishers))]
+        times: list[float] = []
+        next_index = 0
+        deadline = time.monotonic() + o.phase_timeout
+
+        async def worker(p: Publisher) -> None:
+            nonlocal next_index
+            while next_index < requests and time.monotonic() < deadline:
+                i = next_index
+                next_index += 1
+                body = (
+                    self.body(channel, i)
+                    if batch == 1
+                    else self.batch_body(channel, i * batch, batch)
+                )
+                t0 = time.perf_counter()
+                await p.publish(body)
+                times.append((time.perf_counter() - t0) * 1000)
+
+        meter = Meter(self.server)
+        meter.start()
+        async with self.progress(f"publish ({mode})", requests, lambda: float(len(times))):
+            await asyncio.gather(*(worker(p) for p in pubs))
+        meter.stop()
+        for p in pubs:
+            p.close()
+        meter.fill(phase)
+        rejected = sum(p.rejected for p in pubs)
+        done = len(times)
+        phase.timed_out = done < requests
+        phase.complete = not phase.timed_out and rejected == 0
+        if rejected:
+            phase.notes.append(f"{rejected} requests were refused (non-200)")
+        lat = percentiles(times)
+        phase.figures = {
+            "requests": done,
+            "messages": done * batch,
+            "rejected": rejected,
+            "requests_per_s": round(done / meter.wall, 1) if meter.wall else None,
+            "messages_per_s": round(done * batch / meter.wall, 1) if meter.wall else None,
+            "request_p50_ms": lat["p50_ms"],
+            "request_p99_ms": lat["p99_ms"],
+            "server_cpu_us_per_message": (
+                round(meter.server_cpu / (done * batch) * 1e6, 3)
+                if meter.server_cpu is not None and done
+                else None
+            ),
+        }
+        return phase
+
+    # --- all -------------------------------------------------------------------------------
+
+    def plan(
+        self, scenarios: tuple[str, ...]
+    ) -> list[tuple[str, str, Callable[[], Awaitable[Phase]]]]:
+        steps: list[tuple[str, str, Callable[[], Awaitable[Phase]]]] = []
+        runners: dict[str, Callable[[str], Awaitable[Phase]]] = {
+            "fanout": self.fanout,
+            "latency": self.latency,
+            "connections": self.connections,
+            "resume": self.resume,
+        }
+        for scenario in scenarios:
+            if scenario == "publish":
+                for mode in ("single", "batch"):
+                    steps.append((scenario, mode, lambda mode=mode: self.publish(mode)))  # type: ignore[misc]
+                continue
+            for transport in self.o.transports:
+                run = runners[scenario]
+                steps.append((scenario, transport, lambda run=run, t=transport: run(t)))  # type: ignore[misc]
+        return steps
+
+
+def _alive(sub: Subscriber) -> bool:
+    client = getattr(sub, "client", None)
+    transport = getattr(client, "transport", None)
+    return transport is not None and not transport.is_closing()

@@ -1,0 +1,192 @@
+"""The server under test: one the benchmark spawns (``--spawn memory|redis``) or one that
+already runs (``--url``).
+
+A spawned server is ``python -m pushsvc serve`` on a free loopback port with a generated
+secret and API key passed in its environment (``PUSHSVC_SECRETS``, ``PUSHSVC_API_KEYS``),
+the per-key publish rate limit off (the publish scenario measures the server, not the
+limiter) and, for Redis, a key prefix of its own that is deleted afterwards. On a
+multi-core machine it is pinned to one core and the generator to another, so that neither
+steals the other's CPU and the server's CPU time per delivery is its own.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import httpx
+
+from pushsvc.bench import proc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(
+        ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_loopback for info in infos
+    )
+
+
+def with_prefix(url: str, prefix: str) -> str:
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "prefix"]
+    return urlunsplit(parts._replace(query=urlencode([*query, ("prefix", prefix)])))
+
+
+@dataclass
+class ServerUnderTest:
+    url: str
+    secret: str | None
+    api_key: str
+    backend: str  # "memory", "redis" or "unknown" (--url)
+    proc: subprocess.Popen[bytes] | None = None
+    pids: list[int] = field(default_factory=list)
+    cpu: int | None = None  # the core it is pinned to
+    redis_url: str | None = None
+    redis_prefix: str | None = None
+    log_path: Path | None = None
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (443 if parts.scheme == "https" else 80)
+
+    @property
+    def local(self) -> bool:
+        return bool(self.pids)
+
+    def cpu_seconds(self) -> float | None:
+        return proc.cpu_seconds(self.pids) if self.pids else None
+
+    def rss_bytes(self) -> int | None:
+        return proc.rss_bytes(self.pids) if self.pids else None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+def spawn(
+    backend: str,
+    *,
+    redis_url: str = "redis://127.0.0.1:6379/0",
+    cpu: int | None = None,
+    log_path: Path | None = None,
+    extra_env: dict[str, str] | None = None,
+    redis_prefix: str | None = None,
+    secret: str | None = None,
+    api_key: str | None = None,
+) -> ServerUnderTest:
+    port = free_port()
+    secret = secret or secrets.token_urlsafe(24)
+    api_key = api_key or secrets.token_urlsafe(18)
+    prefix = None
+    if backend == "memory":
+        backend_url = "memory://"
+    elif backend == "redis":
+        prefix = redis_prefix or f"pushsvc-bench-{uuid.uuid4().hex[:12]}:"
+        backend_url = with_prefix(redis_url, prefix)
+    else:
+        raise ValueError(f"unknown backend {backend!r}: memory or redis")
+    env = dict(os.environ)
+    env.update(
+        {
+            "PUSHSVC_BACKEND_URL": backend_url,
+            "PUSHSVC_SECRETS": secret,
+            "PUSHSVC_API_KEYS": api_key,
+            "PUSHSVC_API_KEY_PUBLISH_RATE": "0",
+            "PUSHSVC_MAX_CONNECTIONS": "60000",
+        }
+    )
+    env.update(extra_env or {})
+    cmd = [sys.executable, "-m", "pushsvc", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--log-level", "warning"]
+    out = open(log_path, "ab") if log_path is not None else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        popen = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    finally:
+        if log_path is not None:
+            out.close()  # type: ignore[union-attr]
+    server = ServerUnderTest(
+        f"http://127.0.0.1:{port}",
+        secret,
+        api_key,
+        backend,
+        proc=popen,
+        pids=[popen.pid],
+        redis_url=redis_url if backend == "redis" else None,
+        redis_prefix=prefix,
+        log_path=log_path,
+    )
+    if cpu is not None and proc.pin(popen.pid, {cpu}):
+        server.cpu = cpu
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if popen.poll() is not None:
+            raise RuntimeError(
+                f"the server exited with {popen.returncode}"
+                + (f" (log: {log_path})" if log_path else "")
+            )
+        try:
+            if httpx.get(server.url + "/readyz", timeout=1).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    server.stop()
+    raise RuntimeError("the server did not become ready within 20 s")
+
+
+def attach(url: str, api_key: str, secret: str | None) -> ServerUnderTest:
+    """A running server; local when its listening socket is found in ``/proc``."""
+    server = ServerUnderTest(url.rstrip("/"), secret, api_key, "unknown")
+    if is_loopback(server.host) and proc.available():
+        server.pids = proc.listening_pids(server.port)
+    return server
+
+
+def delete_redis_prefix(redis_url: str, prefix: str) -> int:
+    """Delete every key under the run's own prefix (never anything else)."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        deleted = 0
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=prefix + "*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                deleted += int(client.delete(*batch))
+                batch = []
+        if batch:
+            deleted += int(client.delete(*batch))
+        return deleted
+    finally:
+        client.close()

@@ -1,0 +1,540 @@
+"""Raw, low-overhead clients for the load generator: one asyncio ``Protocol`` per
+connection, no stream objects, no JSON parsing on the delivery path.
+
+The generator must stay cheaper per delivery than the server it measures, so:
+
+- WebSocket: a hand-written RFC 6455 client (handshake, masked client frames, unmasked
+  server frames parsed from one buffer; pings answered); text frames that start with
+  ``{"type":"event"`` are events.
+- SSE and long-poll: HTTP/1.1 parsed by ``httptools`` (the C parser uvicorn uses),
+  keep-alive for requests; SSE frames are split on blank lines.
+- Event IDs (``"id":"<ms>-<seq>"``) are found with one compiled regex over each chunk.
+  A ``Tally`` per subscriber counts them: strictly increasing IDs are new, anything else
+  is a duplicate; publish->receive latency is the receive wall clock (one ``time.time()``
+  per chunk) minus the ID's milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import re
+import time
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+from urllib.parse import quote
+
+import httptools  # type: ignore[import-untyped,unused-ignore]
+
+ID_RE = re.compile(rb'"id":"(\d+)-(\d+)"')
+CURSOR_RE = re.compile(rb'"cursor":"([^"]*)"')
+SSE_ID_RE = re.compile(rb"(?m)^id: ?(.*)$")
+WS_EVENT = b'{"type":"event"'
+WS_SUBSCRIBED = b'{"type":"subscribed"'
+WS_GAP = b'{"type":"gap"'
+
+
+class Tally:
+    """What one subscriber received."""
+
+    __slots__ = (
+        "count",
+        "cursor",
+        "done",
+        "dups",
+        "gaps",
+        "last",
+        "latencies",
+        "on_target",
+        "reached_at",
+        "subscribed",
+        "target",
+    )
+
+    def __init__(self, target: int = 0, latencies: array[float] | None = None) -> None:
+        self.count = 0  # distinct events, in order
+        self.dups = 0
+        self.gaps = 0
+        self.last: tuple[int, int] = (0, 0)
+        self.target = target
+        self.reached_at: float | None = None
+        self.latencies = latencies
+        self.cursor: str | None = None
+        self.subscribed = asyncio.Event()
+        self.done = asyncio.Event()
+        self.on_target: Callable[[Tally], None] | None = None
+
+    def add(self, ids: list[tuple[bytes, bytes]]) -> None:
+        if not ids:
+            return
+        now_ms = time.time() * 1000.0
+        last = self.last
+        lat = self.latencies
+        for raw_ms, raw_seq in ids:
+            ms = int(raw_ms)
+            key = (ms, int(raw_seq))
+            if key > last:
+                last = key
+                self.count += 1
+                if lat is not None:
+                    lat.append(now_ms - ms)
+            else:
+                self.dups += 1
+        self.last = last
+        if self.target and self.reached_at is None and self.count >= self.target:
+            self.reached_at = time.perf_counter()
+            self.done.set()
+            if self.on_target is not None:
+                self.on_target(self)
+
+
+@dataclass
+class Target:
+    host: str
+    port: int
+    token: str  # subscriber token
+    api_key: str
+
+    @property
+    def host_header(self) -> bytes:
+        return f"{self.host}:{self.port}".encode()
+
+
+async def _connect(target: Target, factory: Callable[[], asyncio.Protocol]) -> Any:
+    loop = asyncio.get_running_loop()
+    _, protocol = await loop.create_connection(factory, target.host, target.port)
+    return protocol
+
+
+# --- WebSocket ---------------------------------------------------------------------------
+
+
+def ws_frame(opcode: int, payload: bytes) -> bytes:
+    """A masked client frame (RFC 6455 5.3)."""
+    mask = os.urandom(4)
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x80 | opcode, 0x80 | n))
+    elif n < 65536:
+        head = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
+    full = (mask * (n // 4 + 1))[:n]
+    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(full, "big")).to_bytes(n, "big")
+    return head + mask + masked
+
+
+class WSClient(asyncio.Protocol):
+    """A subscriber on ``/v1/ws``."""
+
+    def __init__(self, target: Target, tally: Tally) -> None:
+        self.target = target
+        self.tally = tally
+        self.transport: asyncio.Transport | None = None
+        self.upgraded = False
+        self.buf = bytearray()
+        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.closed = asyncio.Event()
+        self.close_code: int | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        key = base64.b64encode(os.urandom(16))
+        self.transport.write(
+            b"GET /v1/ws HTTP/1.1\r\nHost: "
+            + self.target.host_header
+            + b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: "
+            + key
+            + b"\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer "
+            + self.target.token.encode()
+            + b"\r\n\r\n"
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(ConnectionError(f"WebSocket closed before upgrade: {exc}"))
+        self.closed.set()
+
+    def subscribe(self, channels: list[str], cursor: str | None = None) -> None:
+        import json
+
+        frame: dict[str, Any] = {"type": "subscribe", "channels": channels}
+        if cursor is not None:
+            frame["cursor"] = cursor
+        self.send_text(json.dumps(frame).encode())
+
+    def send_text(self, payload: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(ws_frame(0x1, payload))
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(ws_frame(0x8, (1000).to_bytes(2, "big")))
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        if not self.upgraded:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            status = bytes(buf[:end]).split(b"\r\n", 1)[0]
+            del buf[: end + 4]
+            if b" 101 " not in status + b" ":
+                if not self.opened.done():
+                    self.opened.set_exception(ConnectionError(status.decode("latin-1")))
+                if self.transport is not None:
+                    self.transport.close()
+                return
+            self.upgraded = True
+            self.opened.set_result(None)
+        pos = 0
+        size = len(buf)
+        ids: list[tuple[bytes, bytes]] = []
+        tally = self.tally
+        while size - pos >= 2:
+            b0 = buf[pos]
+            length = buf[pos + 1] & 0x7F
+            head = 2
+            if length == 126:
+                if size - pos < 4:
+                    break
+                length = int.from_bytes(buf[pos + 2 : pos + 4], "big")
+                head = 4
+            elif length == 127:
+                if size - pos < 10:
+                    break
+                length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+                head = 10
+            if size - pos < head + length:
+                break
+            payload = bytes(buf[pos + head : pos + head + length])
+            pos += head + length
+            opcode = b0 & 0x0F
+            if opcode == 0x1 or opcode == 0x2:
+                if payload.startswith(WS_EVENT):
+                    m = ID_RE.search(payload)
+                    if m is not None:
+                        ids.append((m.group(1), m.group(2)))
+                elif payload.startswith(WS_SUBSCRIBED):
+                    c = CURSOR_RE.search(payload)
+                    if c is not None:
+                        tally.cursor = c.group(1).decode()
+                    tally.subscribed.set()
+                elif payload.startswith(WS_GAP):
+                    tally.gaps += 1
+            elif opcode == 0x8:
+                self.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+                if self.transport is not None:
+                    self.transport.close()
+            elif opcode == 0x9 and self.transport is not None:
+                self.transport.write(ws_frame(0xA, payload))
+        if pos:
+            del buf[:pos]
+        if ids:
+            tally.add(ids)
+
+
+# --- HTTP ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes
+    headers: dict[bytes, bytes] = field(default_factory=dict)
+
+
+class HTTPClient(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection: sequential requests, or one endless stream
+    whose body chunks go to ``on_chunk``."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.waiter: asyncio.Future[Response] | None = None
+        self.headers_waiter: asyncio.Future[int] | None = None
+        self.on_chunk: Callable[[bytes], None] | None = None
+        self.body: list[bytes] = []
+        self.headers: dict[bytes, bytes] = {}
+        self.lost = asyncio.Event()
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(ConnectionError(f"bad HTTP response: {exc}"))
+            if self.transport is not None:
+                self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(ConnectionError(f"connection lost: {exc}"))
+        self.lost.set()
+
+    def _fail(self, exc: Exception) -> None:
+        for fut in (self.waiter, self.headers_waiter):
+            if fut is not None and not fut.done():
+                fut.set_exception(exc)
+                fut.exception()  # an endless stream's waiter may never be awaited
+
+    # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.lower()] = value
+
+    def on_headers_complete(self) -> None:
+        if self.headers_waiter is not None and not self.headers_waiter.done():
+            self.headers_waiter.set_result(self.parser.get_status_code())
+
+    def on_body(self, body: bytes) -> None:
+        if self.on_chunk is not None:
+            self.on_chunk(body)
+        else:
+            self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(
+                Response(self.parser.get_status_code(), b"".join(self.body), self.headers)
+            )
+
+    # requests
+    def _send(self, method: bytes, path: str, headers: dict[str, str], body: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            raise ConnectionError("connection closed")
+        lines = [method + b" " + path.encode() + b" HTTP/1.1", b"Host: " + self.target.host_header]
+        lines += [f"{k}: {v}".encode() for k, v in headers.items()]
+        if body or method == b"POST":
+            lines.append(b"Content-Length: " + str(len(body)).encode())
+        self.body = []
+        self.headers = {}
+        self.transport.write(b"\r\n".join(lines) + b"\r\n\r\n" + body)
+
+    async def request(
+        self, method: str, path: str, headers: dict[str, str], body: bytes = b""
+    ) -> Response:
+        loop = asyncio.get_running_loop()
+        self.waiter = loop.create_future()
+        self.on_chunk = None
+        self._send(method.encode(), path, headers, body)
+        return await self.waiter
+
+    async def stream(
+        self, path: str, headers: dict[str, str], on_chunk: Callable[[bytes], None]
+    ) -> int:
+        """Start a GET whose body is endless; answers the status once headers arrive."""
+        loop = asyncio.get_running_loop()
+        self.headers_waiter = loop.create_future()
+        self.waiter = loop.create_future()
+        self.on_chunk = on_chunk
+        self._send(b"GET", path, headers, b"")
+        return await self.headers_waiter
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+async def http_connect(target: Target) -> HTTPClient:
+    client: HTTPClient = await _connect(target, lambda: HTTPClient(target))
+    return client
+
+
+def auth_header(credential: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {credential}"}
+
+
+# --- subscribers ---------------------------------------------------------------------------
+
+
+class Subscriber:
+    """One subscriber on one transport; ``start`` returns once it is subscribed."""
+
+    transport_name = ""
+
+    def __init__(self, target: Target, channel: str, tally: Tally) -> None:
+        self.target = target
+        self.channel = channel
+        self.tally = tally
+
+    async def start(self, cursor: str | None = None) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+async def _subscribed_or_lost(subscribed: asyncio.Event, lost: asyncio.Event) -> None:
+    ok = asyncio.ensure_future(subscribed.wait())
+    gone = asyncio.ensure_future(lost.wait())
+    try:
+        await asyncio.wait({ok, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        ok.cancel()
+        gone.cancel()
+    if not subscribed.is_set():
+        raise ConnectionError("the connection closed before the subscription was confirmed")
+
+
+class WSSubscriber(Subscriber):
+    transport_name = "websocket"
+
+    async def start(self, cursor: str | None = None) -> None:
+        self.client: WSClient = await _connect(
+            self.target, lambda: WSClient(self.target, self.tally)
+        )
+        await self.client.opened
+        self.client.subscribe([self.channel], cursor)
+        await _subscribed_or_lost(self.tally.subscribed, self.client.closed)
+
+    def close(self) -> None:
+        client = getattr(self, "client", None)
+        if client is not None:
+            client.close()
+
+
+class SSESubscriber(Subscriber):
+    transport_name = "sse"
+
+    async def start(self, cursor: str | None = None) -> None:
+        self.client = await http_connect(self.target)
+        self.buf = b""
+        headers = auth_header(self.target.token)
+        headers["Accept"] = "text/event-stream"
+        if cursor is not None:
+            headers["Last-Event-ID"] = cursor
+        status = await self.client.stream(
+            f"/v1/sse?channel={quote(self.channel)}", headers, self._chunk
+        )
+        if status != 200:
+            raise ConnectionError(f"SSE answered {status}")
+        await _subscribed_or_lost(self.tally.subscribed, self.client.lost)
+
+    def _chunk(self, data: bytes) -> None:
+        buf = self.buf + data
+        end = buf.rfind(b"\n\n")
+        if end < 0:
+            self.buf = buf
+            return
+        block = buf[: end + 2]
+        self.buf = buf[end + 2 :]
+        tally = self.tally
+        if not tally.subscribed.is_set():
+            at = block.find(b"event: subscribed\n")
+            if at >= 0:
+                frame_end = block.find(b"\n\n", at)
+                m = SSE_ID_RE.search(block, at, frame_end)
+                if m is not None:
+                    tally.cursor = m.group(1).decode()
+                tally.subscribed.set()
+        if b"event: gap\n" in block:
+            tally.gaps += block.count(b"event: gap\n")
+        ids = ID_RE.findall(block)
+        if ids:
+            tally.add(ids)
+
+    def close(self) -> None:
+        client = getattr(self, "client", None)
+        if client is not None:
+            client.close()
+
+
+class PollSubscriber(Subscriber):
+    """Polls in a loop with its cursor until ``stop()`` or its tally reaches its target."""
+
+    transport_name = "long-polling"
+    wait = 20.0
+
+    async def start(self, cursor: str | None = None) -> None:
+        self.client = await http_connect(self.target)
+        self.stopped = False
+        self.polls = 0
+        self.tally.cursor = cursor
+        if cursor is None:
+            await self.poll(timeout=0)  # seeds the cursor at the channel's top
+        self.tally.subscribed.set()
+        self.task = asyncio.create_task(self._loop())
+
+    async def poll(self, timeout: float) -> None:
+        path = f"/v1/poll?channel={quote(self.channel)}&timeout={timeout:g}"
+        if self.tally.cursor:
+            path += "&cursor=" + quote(self.tally.cursor)
+        r = await self.client.request("GET", path, auth_header(self.target.token))
+        self.polls += 1
+        if r.status != 200:
+            raise ConnectionError(f"poll answered {r.status}: {r.body[:200]!r}")
+        body = r.body
+        at = body.rfind(b'"cursor":"')
+        if at >= 0:
+            self.tally.cursor = body[at + 10 : body.find(b'"', at + 10)].decode()
+        if b'"type":"gap"' in body:
+            self.tally.gaps += body.count(b'"type":"gap"')
+        ids = ID_RE.findall(body)
+        if ids:
+            self.tally.add(ids)
+
+    async def _loop(self) -> None:
+        tally = self.tally
+        while not self.stopped and not (tally.target and tally.count >= tally.target):
+            try:
+                await self.poll(self.wait)
+            except ConnectionError:
+                return
+
+    def close(self) -> None:
+        self.stopped = True
+        task = getattr(self, "task", None)
+        if task is not None:
+            task.cancel()
+        client = getattr(self, "client", None)
+        if client is not None:
+            client.close()
+
+
+SUBSCRIBERS: dict[str, type[Subscriber]] = {
+    "websocket": WSSubscriber,
+    "sse": SSESubscriber,
+    "long-polling": PollSubscriber,
+}
+
+
+# --- publisher -----------------------------------------------------------------------------
+
+
+class Publisher:
+    """``POST /v1/publish`` over one keep-alive connection with the API key."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.client: HTTPClient | None = None
+        self.headers = auth_header(target.api_key)
+        self.headers["Content-Type"] = "application/json"
+        self.rejected = 0
+
+    async def open(self) -> Publisher:
+        self.client = await http_connect(self.target)
+        return self
+
+    async def publish(self, body: bytes) -> Response:
+        if self.client is None or self.client.transport is None or self.client.lost.is_set():
+            await self.open()
+        assert self.client is not None
+        r = await self.client.request("POST", "/v1/publish", self.headers, body)
+        if r.status != 200:
+            self.rejected += 1
+        if r.headers.get(b"connection", b"").lower() == b"close":
+            self.client.close()
+            self.client = None
+        return r
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()

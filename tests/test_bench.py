@@ -1,0 +1,139 @@
+"""``pushsvc bench`` at a tiny scale: every scenario runs, the report files are written and
+every event reached every subscriber exactly once. Full-scale runs are the benchmark's
+(benchmarks/README.md), not the tests'."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from pushsvc.bench import bench
+from tests.fixtures_server import API_KEY, SECRET, Server
+
+TINY = [
+    "-n", "12", "-k", "15", "--rate", "30", "--duration", "0.5", "-c", "30",
+    "--idle-seconds", "0.5", "-m", "250", "--publishes", "200", "--batch", "50",
+    "--no-progress",
+]  # fmt: skip
+
+
+def run_bench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pushsvc.bench", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def phases(out: Path) -> list[dict[str, Any]]:
+    doc = json.loads((out / "bench.json").read_text())
+    result: list[dict[str, Any]] = doc["phases"]
+    return result
+
+
+def test_every_scenario_runs_complete_with_a_spawned_server(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = run_bench("--spawn", "memory", "--out", str(out), *TINY)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for name in ("bench.json", "bench.md", "latency.png", "fanout.png", "server.log"):
+        assert (out / name).exists(), name
+    assert (out / "latency.png").read_bytes().startswith(b"\x89PNG")
+    got = {(p["scenario"], p["transport"]): p for p in phases(out)}
+    transports = ("websocket", "sse", "long-polling")
+    expected = {(s, t) for s in ("fanout", "latency", "connections", "resume") for t in transports}
+    expected |= {("publish", "single"), ("publish", "batch")}
+    assert set(got) == expected
+    for key, phase in got.items():
+        assert phase["complete"], (key, phase)
+        figures = phase["figures"]
+        if "lost" in figures:
+            assert figures["lost"] == 0 and figures["duplicated"] == 0, key
+    for t in transports:
+        fan = got[("fanout", t)]["figures"]
+        assert fan["deliveries"] == 12 * 15
+        assert fan["server_cpu_us_per_delivery"] > 0  # the spawned server is local
+        assert fan["server_events_per_write"] is not None  # read from its /metrics
+        lat = got[("latency", t)]["figures"]
+        assert lat["deliveries"] == 12 * 15 and lat["p50_ms"] <= lat["p99_ms"] <= lat["max_ms"]
+        conn = got[("connections", t)]["figures"]
+        assert conn["connections_open"] == conn["still_open_after_idle"] == 30
+        assert conn["server_rss_kib_per_connection"] is not None
+        res = got[("resume", t)]["figures"]
+        assert res["replayed"] == 250 and res["gaps"] == 0
+    assert got[("publish", "batch")]["figures"]["messages"] == 200
+    report = (out / "bench.md").read_text()
+    assert "## fanout" in report and "no event lost or duplicated" in report
+    assert "--no-progress" in report  # the exact command is recorded
+    meta = json.loads((out / "bench.json").read_text())["meta"]
+    assert meta["pinning"].startswith("server on CPU") or meta["pinning"] == "none"
+
+
+def test_bench_against_a_running_server_matches_its_metrics(server: Server, tmp_path: Path) -> None:
+    def delivered() -> float:
+        text = httpx.get(server.url + "/metrics").text
+        line = next(
+            x
+            for x in text.splitlines()
+            if x.startswith('pushsvc_events_delivered_total{transport="websocket"}')
+        )
+        return float(line.split()[-1])
+
+    before = delivered()
+    out = tmp_path / "out"
+    proc = run_bench(
+        "fanout",
+        "--url",
+        server.url,
+        "--secret",
+        SECRET,
+        "--api-key",
+        API_KEY,
+        "-t",
+        "ws",
+        "--out",
+        str(out),
+        "--no-plots",
+        *TINY,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [phase] = phases(out)
+    assert phase["complete"]
+    assert phase["figures"]["deliveries"] == 12 * 15 == delivered() - before
+    # the server behind a loopback --url is found in /proc: its CPU is measured
+    assert phase["figures"]["server_cpu_us_per_delivery"] is not None
+    assert SECRET not in (out / "bench.md").read_text()  # credentials are not recorded
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--url", "http://192.0.2.1:8000", "--api-key", "k", "--secret", "s"], "--allow-remote"),
+        (["--url", "http://127.0.0.1:9", "--secret", "s"], "--api-key"),
+        ([], "exactly one of --url and --spawn"),
+        (["--spawn", "memory", "--url", "http://127.0.0.1:9"], "exactly one"),
+    ],
+)
+def test_bench_refuses_unsafe_or_incomplete_targets(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(bench, args)
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+@pytest.mark.slow
+def test_fanout_at_full_scale(tmp_path: Path) -> None:
+    """1,000 subscribers x 300 events per transport (minutes; run with -m slow)."""
+    proc = run_bench(
+        "fanout", "--spawn", "memory", "-n", "1000", "-k", "300", "--no-progress",
+        "--out", str(tmp_path),
+        timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert all(p["complete"] for p in phases(tmp_path))
