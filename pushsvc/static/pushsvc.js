@@ -152,7 +152,7 @@ class Connection {
 
   _watchdog() {
     const limit = this.client._silenceLimit();
-    const every = Math.max(100, Math.min(1_000, limit / 4));
+    const every = Math.max(100, Math.min(1_000, limit / 8));
     this.timers.push(
       setInterval(() => {
         if (this.ready && now() - this.lastFrameAt > limit) {
