@@ -123,14 +123,24 @@ class BrowserClient:
         self.options: dict[str, Any] = {}
 
     async def start(
-        self, base_url: str, token: str, channels: list[str], **options: Any
+        self,
+        base_url: str,
+        token: str,
+        channels: list[str],
+        *,
+        module_from_proxy: bool = False,
+        **options: Any,
     ) -> BrowserClient:
+        """Open the test page and start a ``PushClient`` in it. ``module_from_proxy``: load
+        pushsvc.js from the proxy's copy (the page loads while pushsvc is down)."""
         page = self.page = await self.browser.new_page()
         await page.expose_function("pushsvcEvent", lambda e: self.events.append(e))
         await page.expose_function("pushsvcLog", lambda e: self.logs.append(e))
         page.on("console", lambda m: self.console.append(m.text))
         page.on("pageerror", lambda e: self.console.append(f"pageerror: {e}"))
         self.url = base_url + "/__test/client.html"
+        if module_from_proxy:
+            self.url += "?src=/__test/pushsvc.js"
         self.options = {"token": token, "channels": channels}
         for key, value in options.items():
             self.options[_JS_OPTIONS[key]] = value * 1000 if key in _SECONDS else value

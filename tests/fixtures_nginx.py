@@ -16,8 +16,9 @@ Each nginx gets its own prefix and config in a temp dir, its own free port and p
 and runs in the foreground (``-g 'daemon off;'``) as a subprocess stopped by its pid. A
 missing nginx fails the test loudly: CI installs it (``.ci/run``), it is never skipped.
 
-The proxy also serves ``tests/pages/`` at ``/__test/``, so a browser test page shares its
-origin with the proxied API (same-origin WebSocket, no CORS).
+The proxy also serves ``tests/pages/`` at ``/__test/`` (and a copy of the browser client at
+``/__test/pushsvc.js``, for pages that load while pushsvc is down), so a browser test page
+shares its origin with the proxied API (same-origin WebSocket, no CORS).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from tests.fixtures_server import free_port
 
 MODES = ("good", "no-upgrade", "buffering")
 PAGES = Path(__file__).parent / "pages"
+STATIC = Path(__file__).parent.parent / "pushsvc" / "static"
 
 # What each mode lets through, best transport first (the tests assert the client ends there).
 BEST_TRANSPORT = {"good": "websocket", "no-upgrade": "sse", "buffering": "long-polling"}
@@ -108,6 +110,10 @@ http {{
             alias {pages}/;
             add_header Cache-Control no-store;
         }}
+        location = /__test/pushsvc.js {{
+            alias {static}/pushsvc.js;
+            add_header Cache-Control no-store;
+        }}
         location / {{
 {common}{mode}
         }}
@@ -148,6 +154,7 @@ class Nginx:
             prefix=self.prefix,
             port=self.port,
             pages=PAGES.resolve(),
+            static=STATIC.resolve(),
             common=_COMMON.format(upstream_port=self.upstream_port),
             mode=_MODE_DIRECTIVES[self.mode],
         )

@@ -1,0 +1,172 @@
+"""The browser client (``GET /pushsvc.js``) in headless Chromium: what only a browser page
+has -- sessionStorage across a reload, the outbox bound, gaps, binary events on each
+native transport, a refused token -- through the well-configured nginx.
+
+Transport fallback, restarts and silence for both clients are in ``test_proxies.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.fixtures_browser import BrowserClient, wait_until
+from tests.fixtures_nginx import Nginx
+from tests.fixtures_server import Server
+
+pytestmark = [
+    pytest.mark.timeout(90),
+    pytest.mark.parametrize("backend_url", ["memory"], indirect=True),
+]
+
+FAST = {"connect_timeout": 3.0, "backoff_base": 0.2, "backoff_cap": 1.0}
+
+
+@pytest.fixture
+def proxied(server_factory: Any, nginx_factory: Any) -> tuple[Server, Nginx]:
+    server = server_factory(heartbeat_interval=1)
+    return server, nginx_factory("good", server.port)
+
+
+def ids(client: BrowserClient, channel: str) -> list[str]:
+    return [e["id"] for e in client.events if e["channel"] == channel]
+
+
+def test_client_module_and_types_are_served(server: Server) -> None:
+    r = httpx.get(server.url + "/pushsvc.js")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("application/javascript")
+    assert "export class PushClient" in r.text
+    again = httpx.get(server.url + "/pushsvc.js", headers={"If-None-Match": r.headers["etag"]})
+    assert again.status_code == 304
+    types = httpx.get(server.url + "/pushsvc.d.ts")
+    assert types.status_code == 200
+    assert "export class PushClient" in types.text
+
+
+async def test_page_reload_resumes_from_session_storage_without_loss_or_duplicate(
+    proxied: tuple[Server, Nginx], browser_client: BrowserClient
+) -> None:
+    server, proxy = proxied
+    await browser_client.start(proxy.url, server.token(), ["feed"], **FAST)
+    await browser_client.wait_connected()
+    published = [server.publish("feed", {"n": n}) for n in range(5)]
+    await wait_until(lambda: len(ids(browser_client, "feed")) == 5, 10, "the first events")
+
+    # events published while the page reloads are read from the stored cursor
+    reloading = asyncio.create_task(browser_client.reload())
+    published += [await asyncio.to_thread(server.publish, "feed", {"n": n}) for n in range(5, 10)]
+    await reloading
+    await browser_client.wait_connected()
+    published += [server.publish("feed", {"n": n}) for n in range(10, 15)]
+    await wait_until(lambda: len(ids(browser_client, "feed")) >= 15, 10, "events after reload")
+    await asyncio.sleep(0.3)
+    assert ids(browser_client, "feed") == published
+
+
+async def test_outbox_survives_a_reload_while_offline_and_is_sent_once(
+    proxied: tuple[Server, Nginx], browser_client: BrowserClient
+) -> None:
+    server, proxy = proxied
+    await browser_client.start(proxy.url, server.token(), ["chat"], module_from_proxy=True, **FAST)
+    await browser_client.wait_connected()
+    server.stop()
+    await browser_client.publish("chat", {"text": "written offline"}, "msg-offline-1")
+    assert await browser_client.outbox_size() == 1
+    await browser_client.reload()  # the promise is gone; the message is in sessionStorage
+    assert await browser_client.outbox_size() == 1
+    await asyncio.to_thread(server.start)  # memory:// starts empty: the message is new
+    await wait_until(lambda: browser_client.published(), 15, "the restored message's ack")
+    outcome = browser_client.published()[0]
+    assert outcome["id"] == "msg-offline-1"
+    await wait_until(lambda: ids(browser_client, "chat"), 10, "the message's delivery")
+    await asyncio.sleep(0.3)
+    assert ids(browser_client, "chat") == [outcome["eventId"]]
+    history = httpx.get(
+        server.url + "/v1/channels/chat/history", headers=server.api_headers
+    ).json()["events"]
+    assert [e["data"] for e in history] == [{"text": "written offline"}]
+    assert await browser_client.outbox_size() == 0
+
+
+async def test_outbox_is_bounded_and_rejects_when_full(
+    proxied: tuple[Server, Nginx], browser_client: BrowserClient
+) -> None:
+    server, proxy = proxied
+    server.stop()  # nothing answers: every message waits in the outbox
+    await browser_client.start(
+        proxy.url, server.token(), ["chat"], module_from_proxy=True, outbox_limit=2, **FAST
+    )
+    for n in range(3):
+        await browser_client.publish("chat", {"n": n}, f"m{n}")
+    await wait_until(
+        lambda: browser_client.log_kinds("publish-rejected"), 5, "the third publish's rejection"
+    )
+    rejected = browser_client.log_kinds("publish-rejected")
+    assert len(rejected) == 1
+    assert '"id":"m2"' in rejected[0]["detail"]
+    assert '"code":"outbox-full"' in rejected[0]["detail"]
+    assert await browser_client.outbox_size() == 2
+
+
+async def test_gap_is_surfaced_and_delivery_goes_on_after_it(
+    server_factory: Any, nginx_factory: Any, browser_client: BrowserClient
+) -> None:
+    server = server_factory(retention_max_len=5)
+    proxy = nginx_factory("good", server.port)
+    await browser_client.start(proxy.url, server.token(), ["feed"], **FAST)
+    await browser_client.wait_connected()
+    first = server.publish("feed", {"n": 0})
+    await wait_until(lambda: ids(browser_client, "feed") == [first], 10, "the first event")
+    await browser_client._eval("() => window.client.close()")
+    later = [server.publish("feed", {"n": n}) for n in range(1, 21)]  # 15 of them trimmed
+    await browser_client._eval("(o) => window.startClient(o)", browser_client.options)
+    await wait_until(lambda: len(ids(browser_client, "feed")) >= 6, 10, "the retained events")
+    await asyncio.sleep(0.3)
+    assert ids(browser_client, "feed") == [first, *later[-5:]]
+    gaps = browser_client.log_kinds("gap")
+    assert len(gaps) == 1
+    assert f'"after":"{first}"' in gaps[0]["detail"]
+    assert f'"until":"{later[-6]}"' in gaps[0]["detail"]
+
+
+@pytest.mark.parametrize("transport", ["websocket", "sse", "long-polling"])
+async def test_json_and_binary_events_on_each_native_transport(
+    transport: str, proxied: tuple[Server, Nginx], browser_client: BrowserClient
+) -> None:
+    server, proxy = proxied
+    await browser_client.start(proxy.url, server.token(), ["mixed"], transports=[transport], **FAST)
+    assert await browser_client.wait_connected() == transport
+    httpx.post(
+        server.url + "/v1/publish",
+        json={
+            "messages": [
+                {"channel": "mixed", "data": {"text": "é ✓"}},
+                {"channel": "mixed", "data_b64": "AAEC/w=="},
+            ]
+        },
+        headers=server.api_headers,
+    ).raise_for_status()
+    await wait_until(lambda: len(browser_client.events) == 2, 10, "two events")
+    text, raw = browser_client.events
+    assert text["data"] == {"text": "é ✓"} and not text.get("binary")
+    assert raw["binary"] is True
+    assert raw["data"] == [0, 1, 2, 255]  # a Uint8Array in the page
+    assert {e["transport"] for e in browser_client.events} == {transport}
+
+
+async def test_a_refused_token_closes_the_client_with_the_reason(
+    proxied: tuple[Server, Nginx], browser_client: BrowserClient
+) -> None:
+    _, proxy = proxied
+    await browser_client.start(proxy.url, "not-a-token", ["feed"], **FAST)
+    await wait_until(
+        lambda: any(e.get("detail") == "closed" for e in browser_client.log_kinds("state")),
+        10,
+        "the client to close",
+    )
+    fatal = browser_client.log_kinds("fatal")
+    assert fatal and "401" in fatal[0]["detail"]
