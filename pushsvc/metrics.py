@@ -204,12 +204,16 @@ class Metrics:
             registry=r,
         )
         self._slow_children = {t: self._slow.labels(t) for t in TRANSPORTS}
+        self._closed_children: dict[tuple[str, str], Any] = {}
         self._resumes = Counter(
             "pushsvc_resumes",
             "Channels (re)subscribed from a cursor position: clean, or with a gap event.",
             ["transport", "outcome"],
             registry=r,
         )
+        self._resume_children = {
+            (t, o): self._resumes.labels(t, o) for t in TRANSPORTS for o in ("clean", "gap")
+        }
         self._gap_seconds = Histogram(
             "pushsvc_resume_gap_seconds",
             "Width of the trimmed range of a gap, on the log's clock (until.ms - after.ms).",
@@ -276,7 +280,10 @@ class Metrics:
             stats.closed += 1
         code = session.close_code or codes.WS_1000_NORMAL_CLOSURE
         reason = codes.CLOSE_CODES.get(code, ("other",))[0]
-        self._closed.labels(name, reason).inc()
+        child = self._closed_children.get((name, reason))
+        if child is None:
+            child = self._closed_children[(name, reason)] = self._closed.labels(name, reason)
+        child.inc()
         if code == codes.WS_4008_SLOW_CONSUMER:
             self._slow_children[name].inc()
         self._gapped.pop(session.id, None)
@@ -308,7 +315,7 @@ class Metrics:
         if gapped is not None and channel in gapped:
             outcome = "gap"
             gapped.discard(channel)
-        self._resumes.labels(session.wire.name, outcome).inc()
+        self._resume_children[(session.wire.name, outcome)].inc()
 
     # --- errors ------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import statistics
 import time
 import uuid
 from array import array
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -297,6 +298,7 @@ class Bench:
         after = self.scrape()
         publisher.close()
         await self.close_all(subs)
+        phase.notes += subscriber_notes(subs)
         delivered = sum(s.tally.count for s in subs)
         dups = sum(s.tally.dups for s in subs)
         lost = sum(max(0, k - s.tally.count) for s in subs)
@@ -388,6 +390,7 @@ class Bench:
         for p in pool:
             p.close()
         await self.close_all(subs)
+        phase.notes += subscriber_notes(subs)
         lost = sum(max(0, total - s.tally.count) for s in subs)
         dups = sum(s.tally.dups for s in subs)
         meter.fill(phase)
@@ -437,6 +440,7 @@ class Bench:
         meter.stop()
         alive = sum(1 for s in subs if _alive(s))
         await self.close_all(subs)
+        phase.notes += subscriber_notes(subs)
         meter.fill(phase)
         if alive < len(subs):
             phase.notes.append(f"{len(subs) - alive} connections were closed while idle")
@@ -591,6 +595,20 @@ class Bench:
                 run = runners[scenario]
                 steps.append((scenario, transport, lambda run=run, t=transport: run(t)))  # type: ignore[misc]
         return steps
+
+
+def subscriber_notes(subs: list[Subscriber]) -> list[str]:
+    """Why subscribers stopped early, and requests the server refused (then retried)."""
+    notes: list[str] = []
+    errors = Counter(s.error for s in subs if s.error)
+    for error, count in errors.most_common(3):
+        notes.append(f"{count} subscribers stopped: {error}")
+    refused: Counter[str] = Counter()
+    for s in subs:
+        refused.update(getattr(s, "refused", {}))
+    for detail, count in refused.most_common(3):
+        notes.append(f"{count} polls refused and retried: {detail}")
+    return notes
 
 
 def _alive(sub: Subscriber) -> bool:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import random
 import re
 import time
 from array import array
@@ -135,7 +136,7 @@ class WSClient(asyncio.Protocol):
         self.tally = tally
         self.transport: asyncio.Transport | None = None
         self.upgraded = False
-        self.buf = bytearray()
+        self.buf = b""
         self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.closed = asyncio.Event()
         self.close_code: int | None = None
@@ -176,14 +177,14 @@ class WSClient(asyncio.Protocol):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
+        buf = self.buf + data if self.buf else data
         if not self.upgraded:
             end = buf.find(b"\r\n\r\n")
             if end < 0:
+                self.buf = buf
                 return
-            status = bytes(buf[:end]).split(b"\r\n", 1)[0]
-            del buf[: end + 4]
+            status = buf[:end].split(b"\r\n", 1)[0]
+            buf = buf[end + 4 :]
             if b" 101 " not in status + b" ":
                 if not self.opened.done():
                     self.opened.set_exception(ConnectionError(status.decode("latin-1")))
@@ -192,10 +193,12 @@ class WSClient(asyncio.Protocol):
                 return
             self.upgraded = True
             self.opened.set_result(None)
+        # Frames are parsed in place (offsets into ``buf``): no copy per frame.
         pos = 0
         size = len(buf)
         ids: list[tuple[bytes, bytes]] = []
         tally = self.tally
+        search = ID_RE.search
         while size - pos >= 2:
             b0 = buf[pos]
             length = buf[pos + 1] & 0x7F
@@ -203,38 +206,38 @@ class WSClient(asyncio.Protocol):
             if length == 126:
                 if size - pos < 4:
                     break
-                length = int.from_bytes(buf[pos + 2 : pos + 4], "big")
+                length = (buf[pos + 2] << 8) | buf[pos + 3]
                 head = 4
             elif length == 127:
                 if size - pos < 10:
                     break
                 length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
                 head = 10
-            if size - pos < head + length:
+            start = pos + head
+            end = start + length
+            if end > size:
                 break
-            payload = bytes(buf[pos + head : pos + head + length])
-            pos += head + length
+            pos = end
             opcode = b0 & 0x0F
             if opcode == 0x1 or opcode == 0x2:
-                if payload.startswith(WS_EVENT):
-                    m = ID_RE.search(payload)
+                if buf.startswith(WS_EVENT, start):
+                    m = search(buf, start, end)
                     if m is not None:
                         ids.append((m.group(1), m.group(2)))
-                elif payload.startswith(WS_SUBSCRIBED):
-                    c = CURSOR_RE.search(payload)
+                elif buf.startswith(WS_SUBSCRIBED, start):
+                    c = CURSOR_RE.search(buf, start, end)
                     if c is not None:
                         tally.cursor = c.group(1).decode()
                     tally.subscribed.set()
-                elif payload.startswith(WS_GAP):
+                elif buf.startswith(WS_GAP, start):
                     tally.gaps += 1
             elif opcode == 0x8:
-                self.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+                self.close_code = (buf[start] << 8) | buf[start + 1] if length >= 2 else 1005
                 if self.transport is not None:
                     self.transport.close()
             elif opcode == 0x9 and self.transport is not None:
-                self.transport.write(ws_frame(0xA, payload))
-        if pos:
-            del buf[:pos]
+                self.transport.write(ws_frame(0xA, buf[start:end]))
+        self.buf = buf[pos:] if pos < size else b""
         if ids:
             tally.add(ids)
 
@@ -364,6 +367,7 @@ class Subscriber:
         self.target = target
         self.channel = channel
         self.tally = tally
+        self.error: str | None = None  # why it stopped receiving early
 
     async def start(self, cursor: str | None = None) -> None:
         raise NotImplementedError
@@ -447,16 +451,28 @@ class SSESubscriber(Subscriber):
             client.close()
 
 
+class RetryableStatus(ConnectionError):
+    def __init__(self, status: int, body: bytes, retry_after: float) -> None:
+        super().__init__(f"answered {status}: {body[:200]!r}")
+        self.status = status
+        self.retry_after = retry_after
+
+
 class PollSubscriber(Subscriber):
-    """Polls in a loop with its cursor until ``stop()`` or its tally reaches its target."""
+    """Polls in a loop with its cursor until ``stop()`` or its tally reaches its target.
+
+    Like a real client it retries a poll refused with 429/503 (after ``Retry-After``,
+    capped at 1 s, at most ``max_retries`` times in a row); ``refused`` counts them."""
 
     transport_name = "long-polling"
     wait = 20.0
+    max_retries = 20
 
     async def start(self, cursor: str | None = None) -> None:
         self.client = await http_connect(self.target)
         self.stopped = False
         self.polls = 0
+        self.refused: dict[str, int] = {}
         self.tally.cursor = cursor
         if cursor is None:
             await self.poll(timeout=0)  # seeds the cursor at the channel's top
@@ -469,6 +485,10 @@ class PollSubscriber(Subscriber):
             path += "&cursor=" + quote(self.tally.cursor)
         r = await self.client.request("GET", path, auth_header(self.target.token))
         self.polls += 1
+        if r.status in (429, 503):
+            raw = r.headers.get(b"retry-after", b"1")
+            retry_after = float(raw) if raw.isdigit() else 1.0
+            raise RetryableStatus(r.status, r.body, retry_after)
         if r.status != 200:
             raise ConnectionError(f"poll answered {r.status}: {r.body[:200]!r}")
         body = r.body
@@ -483,10 +503,22 @@ class PollSubscriber(Subscriber):
 
     async def _loop(self) -> None:
         tally = self.tally
+        retries = 0
         while not self.stopped and not (tally.target and tally.count >= tally.target):
             try:
                 await self.poll(self.wait)
-            except ConnectionError:
+                retries = 0
+            except RetryableStatus as exc:
+                detail = str(exc)
+                self.refused[detail] = self.refused.get(detail, 0) + 1
+                retries += 1
+                if retries > self.max_retries:
+                    self.error = detail
+                    return
+                await asyncio.sleep(min(1.0, exc.retry_after) * random.random())
+            except ConnectionError as exc:
+                if not self.stopped:
+                    self.error = str(exc)
                 return
 
     def close(self) -> None:
