@@ -43,7 +43,7 @@ def test_every_scenario_runs_complete_with_a_spawned_server(tmp_path: Path) -> N
     out = tmp_path / "out"
     proc = run_bench("--spawn", "memory", "--out", str(out), *TINY)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for name in ("bench.json", "bench.md", "latency.png", "fanout.png", "server.log"):
+    for name in ("bench.json", "bench.md", "latency.png", "fanout.png"):
         assert (out / name).exists(), name
     assert (out / "latency.png").read_bytes().startswith(b"\x89PNG")
     got = {(p["scenario"], p["transport"]): p for p in phases(out)}

@@ -248,6 +248,7 @@ def bench(
         "load_average_at_start": _loadavg(),
         "python": platform.python_version(),
         "pushsvc": __version__,
+        "git": _git_describe(),
         "options": vars(options) | {"transports": list(options.transports)},
     }
     phases: list[Phase] = []
@@ -270,6 +271,8 @@ def bench(
             meta["redis_keys_deleted"] = delete_redis_prefix(redis_url, redis_prefix[0])
 
     meta["load_average_at_end"] = _loadavg()
+    if log_path.exists() and log_path.stat().st_size == 0:
+        log_path.unlink()  # the server logged nothing (warnings and errors go there)
     plots: list[str] = []
     if not no_plots:
         try:
@@ -354,6 +357,25 @@ def _raise_fd_limit() -> None:
             resource.setrlimit(
                 resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard)
             )
+
+
+def _git_describe() -> str | None:
+    """The commit of the pushsvc source tree the server runs from (dirty: local edits)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
 
 
 def _loadavg() -> str | None:

@@ -131,10 +131,17 @@ def write_json(path: Path, meta: dict[str, Any], phases: Sequence[Phase]) -> Non
 def markdown(meta: dict[str, Any], phases: Sequence[Phase], plots: Sequence[str]) -> str:
     out = ["# pushsvc bench", ""]
     out.append(f"- command: `{meta.get('command', '')}`")
-    keys = ("started", "server", "backend", "pinning", "machine", "python", "pushsvc")
+    keys = ("started", "server", "backend", "pinning", "machine", "python", "pushsvc", "git")
     for key in (*keys, "load_average_at_start", "load_average_at_end"):
         if meta.get(key) is not None:
             out.append(f"- {key}: {meta[key]}")
+    out.append("")
+    out.append(
+        "*lost*: events a subscriber had not received when its phase ended (a subscriber "
+        "that stopped early counts everything it missed); *dup*: events received twice; "
+        "*server CPU* and *generator CPU*: fraction of one core over the measured part; "
+        "latencies are publish (the event ID's time) to receive, 1 ms resolution."
+    )
     out.append("")
     for scenario in COLUMNS:
         head, body = rows(phases, scenario)
@@ -237,9 +244,14 @@ def plot(out: Path, phases: Sequence[Phase]) -> list[str]:
 
 
 def _params(p: Phase) -> str:
-    short = {"subscribers": "N", "events": "K", "rate_per_s": "ev/s", "duration_s": "s"}
+    units = {
+        "subscribers": "subscribers",
+        "events": "events",
+        "rate_per_s": "events/s",
+        "duration_s": "s",
+    }
     return ", ".join(
-        f"{short.get(k, k)} {v:g}" if isinstance(v, float) else f"{short.get(k, k)} {v}"
+        f"{v:g} {units.get(k, k)}" if isinstance(v, float) else f"{v} {units.get(k, k)}"
         for k, v in p.params.items()
         if not isinstance(v, float) or math.isfinite(v)
     )
