@@ -140,10 +140,16 @@ def test_arbitrary_websocket_frames(server: Server, canary: Canary) -> None:
             try:
                 for frame in frames:
                     ws.send(frame)
-                    if isinstance(frame, str) and frame.startswith("{"):
-                        obj = json.loads(frame)
-                        if obj.get("type") == "subscribe" and isinstance(obj.get("channels"), list):
-                            subscribed |= {c for c in obj["channels"] if isinstance(c, str)}
+                    try:
+                        obj = json.loads(frame) if isinstance(frame, str) else None
+                    except ValueError:
+                        obj = None
+                    if (
+                        isinstance(obj, dict)
+                        and obj.get("type") == "subscribe"
+                        and isinstance(obj.get("channels"), list)
+                    ):
+                        subscribed |= {c for c in obj["channels"] if isinstance(c, str)}
                 ws.send(json.dumps({"type": "ping", "id": "end"}))
                 while True:
                     reply = json.loads(ws.recv(timeout=5))
