@@ -458,6 +458,36 @@ async def test_a_deaf_listener_is_detected_and_recovers_without_loss(
 
 
 @redis_only
+async def test_a_saturated_event_loop_does_not_make_a_healthy_listener_look_deaf(
+    make_backend: MakeBackend, backend_url: str, muting_proxy: MutingProxy
+) -> None:
+    # A process at 100% CPU: every turn of the event loop takes ~0.1 s, so the PONG
+    # (relayed by a proxy in this same loop: several turns) is read after its 0.2 s
+    # deadline although Redis answers at once. Nothing is muted.
+    proxy_port = await muting_proxy.start()
+    _, prefix = parse_url(backend_url)
+    via_proxy = with_prefix(f"redis://127.0.0.1:{proxy_port}/0", prefix)
+    listener = await make_backend(url=via_proxy, ping_interval=0.05, ping_timeout=0.2)
+    publisher = await make_backend()
+    received = Received(listener)
+    await listener.listen("busy")
+    sent: list[Event] = []
+    until = time.monotonic() + 2.5
+
+    async def hog() -> None:
+        while time.monotonic() < until:
+            time.sleep(0.01)  # blocks the whole event loop
+            await asyncio.sleep(0)
+
+    hogs = [asyncio.create_task(hog()) for _ in range(10)]
+    await _publish_continuously(publisher, ["busy"], 20, sent)
+    await asyncio.gather(*hogs)
+    await received.wait_for(len(sent))
+    _assert_once_in_order(received, sent, ["busy"])
+    assert listener.listener_status().reconnects == 0
+
+
+@redis_only
 async def test_a_listen_while_redis_is_unreachable_fails_clearly(
     make_backend: MakeBackend, backend_url: str, muting_proxy: MutingProxy
 ) -> None:

@@ -36,6 +36,17 @@ Decisions (DESIGN 1 and 2):
   last delivered ID while its notifications are held back; delivery is deduplicated by ID.
 - Appends are never retried automatically (a retry after a lost reply could store the
   message twice); publishers retry with an idempotency key. Reads are retried once.
+- Commands go through a *blocking* pool (``?max_connections=64&pool_timeout=5`` by
+  default): redis-py's plain asyncio pool refuses a command over its limit at once
+  (``MaxConnectionsError``), which turned a burst of long-polls into 503s. Here a command
+  waits up to ``pool_timeout`` seconds for a connection; only then is it refused, with a
+  503 problem that says so (and ``Retry-After``). The listener's connection is outside
+  the pool.
+- The listener's PONG deadline is measured in time the reader could have used: when the
+  event loop is saturated, a PONG may sit unread in the socket buffer long past the
+  deadline (a 3 s wall-clock deadline made a server at 100% CPU reconnect a healthy
+  listener). Time the loop spent lagging does not count, and any reply read restarts
+  the count: a busy process is not a deaf Redis (see ``_await_pong``).
 """
 
 from __future__ import annotations
@@ -67,6 +78,8 @@ log = logging.getLogger("pushsvc.backends.redis")
 
 DEFAULT_PREFIX = "pushsvc:"
 CATCH_UP_PAGE = 1000
+DEFAULT_MAX_CONNECTIONS = 64
+DEFAULT_POOL_TIMEOUT = 5.0
 
 # KEYS[1] stream, KEYS[2] idempotency key (optional).
 # ARGV: shard channel, event name, data, binary "1"/"0", max_len, slack, max_age ms,
@@ -169,6 +182,59 @@ def parse_url(url: str) -> tuple[str, str]:
     return urlunsplit(parts._replace(query=urlencode(rest))), prefix
 
 
+@dataclass(frozen=True, slots=True)
+class PoolOptions:
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    timeout: float = DEFAULT_POOL_TIMEOUT
+
+
+def parse_pool_options(url: str) -> tuple[str, PoolOptions]:
+    """Split ``?max_connections=&pool_timeout=`` off a Redis URL (the command pool's size
+    and how long a command waits for a free connection): answer (rest of URL, options)."""
+    parts = urlsplit(url)
+    rest = []
+    max_connections, timeout = DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        try:
+            if key == "max_connections":
+                max_connections = int(value)
+                if max_connections < 1:
+                    raise ValueError
+            elif key == "pool_timeout":
+                timeout = float(value)
+                if not 0 < timeout < math.inf:
+                    raise ValueError
+            else:
+                rest.append((key, value))
+        except ValueError:
+            raise ConfigError(
+                f"Redis URL option {key}={value!r} must be a positive "
+                + ("integer" if key == "max_connections" else "number of seconds")
+            ) from None
+    url = urlunsplit(parts._replace(query=urlencode(rest)))
+    return url, PoolOptions(max_connections, timeout)
+
+
+class PoolExhausted(RedisConnectionError):
+    """Every pooled connection stayed busy for the whole pool timeout."""
+
+
+class _BlockingPool(aioredis.BlockingConnectionPool):
+    """Tells a wait for a free connection that timed out (``PoolExhausted``) apart from a
+    connection that failed (redis-py raises ``ConnectionError`` for both)."""
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> AbstractConnection:
+        try:
+            conn: AbstractConnection = await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except RedisConnectionError as exc:
+            if isinstance(exc.__cause__, TimeoutError):  # the wait, not the connect
+                raise PoolExhausted(
+                    f"all {self.max_connections} Redis connections stayed busy for {self.timeout} s"
+                ) from exc
+            raise
+        return conn
+
+
 def _redacted(url: str) -> str:
     parts = urlsplit(url)
     host = parts.hostname or ""
@@ -203,6 +269,10 @@ def _notification(channel: str, payload: bytes) -> Event:
 def _wrapped(what: str) -> Iterator[None]:
     try:
         yield
+    except PoolExhausted as exc:
+        err = BackendError(f"Redis {what} refused: {exc} (server overloaded)")
+        err.headers["Retry-After"] = "1"
+        raise err from exc
     except (RedisError, OSError) as exc:
         raise BackendError(f"Redis {what} failed: {exc}") from exc
 
@@ -238,15 +308,19 @@ class RedisBackend(Backend):
     ) -> None:
         super().__init__(retention)
         redis_url, self.prefix = parse_url(url)
+        redis_url, self.pool_options = parse_pool_options(redis_url)
         self._where = _redacted(redis_url)
-        self._redis: aioredis.Redis = aioredis.from_url(
+        pool = _BlockingPool.from_url(
             redis_url,
+            max_connections=self.pool_options.max_connections,
+            timeout=self.pool_options.timeout,
             decode_responses=False,
             protocol=2,
             retry=Retry(NoBackoff(), 0),
             socket_connect_timeout=5,
             socket_timeout=10,
         )
+        self._redis: aioredis.Redis = aioredis.Redis.from_pool(pool)
         self._append_script = self._redis.register_script(APPEND_LUA)
         self._read_script = self._redis.register_script(READ_LUA)
         self.ping_interval = ping_interval
@@ -261,6 +335,7 @@ class RedisBackend(Backend):
         self._generation = 0  # bumped on every lost listener connection
         self._reconnects = 0
         self._pong = asyncio.Event()
+        self._reads = 0  # replies read on the listener connection (proof of life)
         self._up = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
         self._closed = False
@@ -366,6 +441,8 @@ class RedisBackend(Backend):
         args: list[str | int] = [f"{first[0]}-{first[1]}", count]
         try:
             result: list[Any] = await self._read_script(keys=keys, args=args)
+        except PoolExhausted:
+            raise  # it waited for pool_timeout already: no second wait
         except (RedisConnectionError, RedisTimeoutError):  # reads are safe to retry once
             result = await self._read_script(keys=keys, args=args)
         return result
@@ -558,15 +635,44 @@ class RedisBackend(Backend):
             await asyncio.sleep(self.ping_interval)
             self._pong.clear()
             await self._send(conn, "PING")
-            try:
-                async with asyncio.timeout(self.ping_timeout):
+            await self._await_pong()
+
+    async def _await_pong(self) -> None:
+        """Wait for the PONG; raise ``_Deaf`` once nothing at all has been read from the
+        connection for ``ping_timeout`` seconds of time the loop could have used.
+
+        The wait is cut into steps of an eighth of the deadline, and a step counts for at
+        most its own length however late the loop wakes us: when the process is at 100%
+        CPU, the PONG can sit unread in the socket while wall time passes. Any reply read
+        (a notification, a subscription) proves the connection alive and restarts the
+        count. A saturated loop still detects a deaf connection, after 8 turns."""
+        loop = asyncio.get_running_loop()
+        step = self.ping_timeout / 8
+        quiet = 0.0  # loop-usable time with nothing read
+        reads = self._reads
+        lag = 0.0
+        while not self._pong.is_set():
+            started = loop.time()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(step):
                     await self._pong.wait()
-            except TimeoutError:
-                raise _Deaf(f"no PONG within {self.ping_timeout} s") from None
+            if self._pong.is_set():
+                break
+            elapsed = loop.time() - started
+            lag = max(lag, elapsed - step)
+            if self._reads != reads:
+                reads, quiet = self._reads, 0.0
+            else:
+                quiet += min(elapsed, step)
+            if quiet >= self.ping_timeout:
+                raise _Deaf(f"no PONG and nothing read within {self.ping_timeout} s")
+        if lag > step:
+            log.debug("Redis listener PONG late: the event loop lagged up to %.2f s", lag)
 
     async def _read(self, conn: AbstractConnection) -> None:
         while True:
             msg = await conn.read_response(timeout=math.inf)
+            self._reads += 1
             if not isinstance(msg, list) or not msg:
                 continue
             kind = msg[0]
