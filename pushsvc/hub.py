@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Coroutine
 from typing import Any
 
@@ -28,6 +29,10 @@ from pushsvc.session import Session
 from pushsvc.settings import Settings
 
 log = logging.getLogger("pushsvc.hub")
+
+# Sessions written per flush pass before the loop polls its sockets again: small enough
+# that publishes and client frames are read while a large fan-out is being written.
+FLUSH_CHUNK = 64
 
 
 class Hub:
@@ -42,6 +47,8 @@ class Hub:
         self._heartbeat_task: asyncio.Task[None] | None = None
         self.closing = False
         self.metrics = Metrics(backend, settings)
+        self._dirty: deque[Session] = deque()
+        self._flushing = False
         backend.set_sink(self._dispatch)
 
     async def start(self) -> None:
@@ -130,6 +137,31 @@ class Hub:
         if subs:
             for session in tuple(subs):
                 session.on_live(event)
+
+    def schedule(self, session: Session) -> None:
+        """Queue ``session`` for the next flush pass (``Session.push`` calls this once
+        until the session is flushed)."""
+        self._dirty.append(session)
+        if not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Write what is queued on up to ``FLUSH_CHUNK`` scheduled sessions, then let the
+        loop poll its sockets before the next chunk. Publishes that arrive meanwhile
+        queue behind the frames not yet written, so a busy server writes several events
+        per connection at once (and one WebSocket message, where the client allows)."""
+        dirty = self._dirty
+        for _ in range(min(len(dirty), FLUSH_CHUNK)):
+            session = dirty.popleft()
+            session.scheduled = False
+            writer = session.writer
+            if writer is not None:
+                writer.flush(session)
+        if dirty:
+            asyncio.get_running_loop().call_soon(self._flush)
+        else:
+            self._flushing = False
 
     # --- heartbeats ----------------------------------------------------------------------
 

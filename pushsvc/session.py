@@ -1,9 +1,11 @@
 """A session: one client connection's identity, channels, cursor and outbound queue.
 
-Transports only pump a session onto their wire: they call ``subscribe`` and read frames
-with ``next_frames``. The hub calls ``on_live`` for every live event of a subscribed
-channel; frames are encoded once per event (``Wire.event`` with ``cursor=None`` for a
-single-channel session is a fully cached frame) and queued.
+Transports only pump a session onto their wire. The hub calls ``on_live`` for every live
+event of a subscribed channel; frames are encoded once per event (``Wire.event`` with
+``cursor=None`` for a single-channel session is a fully cached frame) and queued. A
+session with a ``writer`` (WebSocket, SSE) is then scheduled on the hub, which flushes
+every scheduled session in one pass (``pushsvc.transports._writer``): no task wakes per
+connection per event. A session without one (long-poll) wakes its waiting request.
 
 The outbound queue is bounded in messages and bytes. Live events never wait: on overflow
 the session is closed as a slow consumer, and the client resumes from the cursor of the
@@ -30,6 +32,7 @@ from pushsvc.wires import Frame, Wire
 
 if TYPE_CHECKING:
     from pushsvc.hub import Hub
+    from pushsvc.transports._writer import Writer
 
 _ids = itertools.count(1)
 
@@ -43,14 +46,17 @@ class Session:
         "channels",
         "close_code",
         "close_reason",
+        "finished",
         "hub",
         "id",
         "last_seen",
         "principal",
         "queue",
         "queued_bytes",
+        "scheduled",
         "segments",
         "wire",
+        "writer",
     )
 
     def __init__(self, hub: Hub, principal: Principal, wire: Wire) -> None:
@@ -62,8 +68,12 @@ class Session:
         self.segments: dict[str, str] = {}
         self.queue: deque[Frame] = deque()
         self.queued_bytes = 0
-        self._wakeup = asyncio.Event()
-        self._drained = asyncio.Event()
+        # created on first use: most sessions never wait for either
+        self._wakeup: asyncio.Event | None = None  # long-poll: frames queued
+        self._drained: asyncio.Event | None = None  # history replay: room in the queue
+        self.writer: Writer | None = None  # set by WebSocket and SSE transports
+        self.scheduled = False  # waiting in the hub's flush list
+        self.finished = False  # the writer wrote the close: nothing more goes out
         self.close_code: int | None = None
         self.close_reason = ""
         self.busy = False  # something was queued since the last heartbeat tick
@@ -85,6 +95,13 @@ class Session:
 
     async def subscribe(self, channels: list[str], positions: dict[str, StreamId | None]) -> None:
         """Subscribe with resume (DESIGN decision 5): register live first, then replay."""
+        new = await self.join(channels, positions)
+        await self.catch_up(new, positions)
+
+    async def join(self, channels: list[str], positions: dict[str, StreamId | None]) -> list[str]:
+        """Register live on the channels not yet subscribed and seed their positions;
+        queue a ``subscribed`` answer (always, even when nothing was new). Returns the new
+        channels: ``catch_up`` replays them and lets their live events through."""
         new = [c for c in channels if c not in self.channels]
         limit = self.hub.settings.max_channels_per_session
         if len(self.channels) + len(new) > limit:
@@ -107,8 +124,11 @@ class Session:
         except BaseException:
             self.unsubscribe(new)  # nothing half-subscribed stays behind
             raise
-        if new:
-            self.push(self.wire.subscribed(list(self.channels), self.cursor))
+        self.push(self.wire.subscribed(list(self.channels), self.cursor))
+        return new
+
+    async def catch_up(self, new: list[str], positions: dict[str, StreamId | None]) -> None:
+        """Replay what the log holds after each new channel's position, then go live."""
         for c in new:
             if self.bounded_replay and self._batch_full():
                 break
@@ -159,6 +179,8 @@ class Session:
     async def _wait_room(self) -> None:
         high = self.hub.settings.outbound_queue_messages // 2
         while len(self.queue) > high and self.close_code is None:
+            if self._drained is None:
+                self._drained = asyncio.Event()
             self._drained.clear()
             await self._drained.wait()
 
@@ -195,14 +217,25 @@ class Session:
         self.queue.append(frame)
         self.queued_bytes += len(frame)
         self.busy = True
-        self._wakeup.set()
+        self._notify()
+
+    def _notify(self) -> None:
+        if self.writer is not None:
+            if not self.scheduled:
+                self.scheduled = True
+                self.hub.schedule(self)
+        elif self._wakeup is not None:
+            self._wakeup.set()
 
     # --- transport side ----------------------------------------------------------------
 
     async def wait(self, timeout: float | None = None) -> bool:
-        """Wait until frames are queued or the session closed; False on timeout."""
+        """Long-poll: wait until frames are queued or the session closed; False on
+        timeout."""
         if self.queue or self.close_code is not None:
             return True
+        if self._wakeup is None:
+            self._wakeup = asyncio.Event()
         self._wakeup.clear()
         if timeout is None:
             await self._wakeup.wait()
@@ -217,19 +250,24 @@ class Session:
         frames = list(self.queue)
         self.queue.clear()
         self.queued_bytes = 0
-        self._drained.set()
+        if self._drained is not None:
+            self._drained.set()
         return frames
 
     def close(self, code: int = codes.WS_1000_NORMAL_CLOSURE, reason: str = "") -> None:
         if self.close_code is None:
             self.close_code = code
             self.close_reason = reason
-            self._wakeup.set()
-            self._drained.set()
+            if self._drained is not None:
+                self._drained.set()
+            self._notify()
 
     def release(self) -> None:
         """Leave every channel; the transport calls this once when the connection ends."""
         self.close()
+        self.finished = True
+        if self.writer is not None:
+            self.writer.cancel()
         channels = list(self.channels)
         self.channels.clear()
         self.hub.leave(self, channels)

@@ -7,8 +7,9 @@ the browser's automatic reconnect sends it back as ``Last-Event-ID``; a ``last_e
 The response is our own ASGI response rather than sse-starlette's ``EventSourceResponse``:
 that one starts a ping task per connection and encodes each event per send, where pushsvc
 needs the hub's pre-encoded bytes, one process-wide heartbeat timer, and a write that
-coalesces everything queued for the connection into one ``send``. The stream races the
-session's queue against the client's disconnect; server shutdown closes the session.
+coalesces everything queued for the connection into one ``send``. The hub writes the
+stream (``pushsvc.transports._writer``); the response's own task subscribes, then waits
+for the disconnect. Server shutdown closes the session, which ends the stream.
 
 The first bytes are a comment sent at once: a client that does not see them within a
 short window is behind a buffering proxy and should fall back to long-polling.
@@ -16,19 +17,17 @@ short window is behind a buffering proxy and should fall back to long-polling.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
-from pushsvc.protocol import frames
+from pushsvc.protocol import codes, frames
 from pushsvc.session import Session
 from pushsvc.transports._common import Opening, open_request, state
-from pushsvc.wires import SSEWire
+from pushsvc.transports._writer import Writer
+from pushsvc.wires import Frame, SSEWire
 
 log = logging.getLogger("pushsvc.sse")
 
@@ -67,8 +66,8 @@ class SSEStream(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         session = self.session
-        stats = session.hub.metrics.sse
-        session.hub.register(session)
+        hub = session.hub
+        hub.register(session)
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         await send(
             {
@@ -77,62 +76,32 @@ class SSEStream(Response):
                 "more_body": True,
             }
         )
-        watcher = asyncio.create_task(_watch_disconnect(receive, session))
-        subscriber = asyncio.create_task(_subscribe(session, self.opening))
+        session.writer = SSEWriter(send, hub.metrics.sse)
         try:
-            while True:
-                await session.wait()
-                batch = session.drain()
-                if batch:
-                    # bytes frames only on this wire; one write for the whole backlog
-                    await send(
-                        {
-                            "type": "http.response.body",
-                            "body": b"".join(batch),  # type: ignore[arg-type,unused-ignore]
-                            "more_body": True,
-                        }
-                    )
-                    stats.wrote(batch)
-                if session.close_code is not None:
-                    if session.close_reason:
-                        await send(
-                            {
-                                "type": "http.response.body",
-                                "body": frames.sse_control(
-                                    "close",
-                                    None,
-                                    code=session.close_code,
-                                    reason=session.close_reason,
-                                ),
-                                "more_body": True,
-                            }
-                        )
-                    break
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except OSError:
-            pass  # client went away mid-write
+            # The hub writes the stream; this task subscribes (replaying history at the
+            # writer's pace), then waits for the end: the client's disconnect, or the
+            # last chunk of a stream the server closed (uvicorn then reports one too).
+            try:
+                await session.subscribe(self.opening.channels, self.opening.positions)
+            except Exception as exc:
+                log.warning("SSE subscribe failed: %s", exc)
+                session.close(codes.WS_1011_INTERNAL_ERROR, "subscribe failed; retry")
+            while (await receive())["type"] != "http.disconnect":
+                pass
         finally:
-            for task in (watcher, subscriber):
-                task.cancel()
-            for task in (watcher, subscriber):
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
             session.release()
 
 
-async def _watch_disconnect(receive: Receive, session: Session) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            session.close()
-            return
+class SSEWriter(Writer):
+    __slots__ = ()
 
-
-async def _subscribe(session: Session, opening: Opening) -> Any:
-    try:
-        await session.subscribe(opening.channels, opening.positions)
-    except Exception as exc:
-        log.warning("SSE subscribe failed: %s", exc)
-        from pushsvc.protocol import codes
-
-        session.close(codes.WS_1011_INTERNAL_ERROR, "subscribe failed; retry")
+    def messages(self, session: Session, batch: list[Frame]) -> list[Message]:
+        # bytes frames only on this wire; one write for the whole backlog
+        body = b"".join(batch)  # type: ignore[arg-type]
+        if session.close_code is not None:
+            if session.close_reason:
+                body += frames.sse_control(
+                    "close", None, code=session.close_code, reason=session.close_reason
+                )
+            return [{"type": "http.response.body", "body": body, "more_body": False}]
+        return [{"type": "http.response.body", "body": body, "more_body": True}]

@@ -5,32 +5,39 @@ Credentials are checked before the upgrade is accepted: a refused upgrade gets a
 status with a problem body where the server supports ASGI's websocket denial response
 (uvicorn does), else a close with the error's code before any event is sent.
 
-A connection is a reader task and a writer task. The writer pumps the session's queue;
-frames are the hub's pre-encoded objects. Requests that fail (a forbidden subscribe, a
-publish over the rate) are answered with an ``error`` frame and the connection stays;
-frames that cannot be understood close it with 4400 (1009 when over the size limit).
+A connection is one task, the reader; the hub writes the session's queue
+(``pushsvc.transports._writer``), frames being the hub's pre-encoded objects. A client
+that connects with ``batch=1`` lets the server put several JSON frames, separated by
+``\n``, into one text message when they are queued together (a backlog): one write
+instead of one per event. Binary frames are never batched.
+
+Requests that fail (a forbidden subscribe, a publish over the rate) are answered with an
+``error`` frame and the connection stays; frames that cannot be understood close it with
+4400 (1009 when over the size limit).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
 from typing import Any
 
 from starlette.datastructures import Headers, QueryParams
+from starlette.types import Message as ASGIMessage
 from starlette.types import Receive, Scope, Send
 
 from pushsvc.auth import Authenticator, Principal, credential_from
 from pushsvc.backends.base import Message
 from pushsvc.exceptions import BadRequest, PayloadTooLarge, PushError, Unavailable
+from pushsvc.metrics import TransportStats
 from pushsvc.protocol import client_frames, codes
 from pushsvc.protocol.frames import ws_control
 from pushsvc.session import Session
 from pushsvc.transports._common import check_origin, limit_publish, positions_from, state
-from pushsvc.wires import WebSocketWire
+from pushsvc.transports._writer import Writer
+from pushsvc.wires import Frame, WebSocketWire
 
 log = logging.getLogger("pushsvc.ws")
 
@@ -60,18 +67,53 @@ async def serve_websocket(scope: Scope, receive: Receive, send: Send) -> None:
         return
     await send({"type": "websocket.accept"})
     session = Session(hub, principal, WebSocketWire())
+    session.writer = WebSocketWriter(send, hub.metrics.websocket, query.get("batch") == "1")
     hub.register(session)
-    conn = _Connection(session, send, settings.max_frame_bytes, auth, scope)
-    reader = asyncio.create_task(conn.read(receive))
+    conn = _Connection(session, settings.max_frame_bytes, auth, scope)
     try:
-        await conn.write()
+        await conn.read(receive)
     finally:
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await reader
         for task in list(conn.tasks):
             task.cancel()
         session.release()
+
+
+class WebSocketWriter(Writer):
+    __slots__ = ("batch",)
+
+    def __init__(self, send: Send, stats: TransportStats, batch: bool) -> None:
+        super().__init__(send, stats)
+        self.batch = batch
+
+    def messages(self, session: Session, frames: list[Frame]) -> list[ASGIMessage]:
+        out: list[ASGIMessage] = []
+        if self.batch and len(frames) > 1:
+            texts: list[str] = []
+            for frame in frames:
+                if type(frame) is str:
+                    texts.append(frame)
+                    continue
+                if texts:
+                    out.append({"type": "websocket.send", "text": "\n".join(texts)})
+                    texts = []
+                out.append({"type": "websocket.send", "bytes": frame})
+            if texts:
+                out.append({"type": "websocket.send", "text": "\n".join(texts)})
+        else:
+            for frame in frames:
+                if type(frame) is str:
+                    out.append({"type": "websocket.send", "text": frame})
+                else:
+                    out.append({"type": "websocket.send", "bytes": frame})
+        if session.close_code is not None:
+            out.append(
+                {
+                    "type": "websocket.close",
+                    "code": session.close_code,
+                    "reason": session.close_reason[:120],
+                }
+            )
+        return out
 
 
 async def _deny(scope: Scope, send: Send, exc: PushError) -> None:
@@ -88,13 +130,10 @@ async def _deny(scope: Scope, send: Send, exc: PushError) -> None:
 
 
 class _Connection:
-    def __init__(
-        self, session: Session, send: Send, max_frame: int, auth: Authenticator, scope: Scope
-    ) -> None:
+    def __init__(self, session: Session, max_frame: int, auth: Authenticator, scope: Scope) -> None:
         self.session = session
         self.auth = auth
         self.scope = scope
-        self.send = send
         self.max_frame = max_frame
         self.limits = client_frames.Limits(
             max_channels=session.hub.settings.max_channels_per_session,
@@ -103,43 +142,21 @@ class _Connection:
             max_payload_bytes=session.hub.settings.max_publish_bytes,
         )
         self.tasks: set[asyncio.Task[None]] = set()
-        self._subscribing = asyncio.Lock()
-
-    async def write(self) -> None:
-        session = self.session
-        send = self.send
-        stats = session.hub.metrics.websocket
-        try:
-            while True:
-                await session.wait()
-                batch = session.drain()
-                for frame in batch:
-                    if type(frame) is str:
-                        await send({"type": "websocket.send", "text": frame})
-                    else:
-                        await send({"type": "websocket.send", "bytes": frame})
-                stats.wrote(batch)
-                if session.close_code is not None:
-                    if session.close_code != codes.WS_1000_NORMAL_CLOSURE or session.close_reason:
-                        await send(
-                            {
-                                "type": "websocket.close",
-                                "code": session.close_code,
-                                "reason": session.close_reason[:120],
-                            }
-                        )
-                    return
-        except OSError:
-            return  # the peer is gone
+        self._catching_up = asyncio.Lock()
 
     async def read(self, receive: Receive) -> None:
+        """Read client frames until the connection ends. After the session closed (an
+        error, the server's shutdown) frames are ignored until the disconnect, which
+        uvicorn reports once the close frame was written."""
         session = self.session
-        try:
-            while True:
-                message = await receive()
-                if message["type"] == "websocket.disconnect":
-                    session.close()
-                    return
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                session.close()
+                return
+            if session.close_code is not None:
+                continue
+            try:
                 session.last_seen = time.monotonic()
                 text, raw = message.get("text"), message.get("bytes")
                 size = len(text) if text is not None else len(raw or b"")
@@ -150,12 +167,12 @@ class _Connection:
                 else:
                     frame = client_frames.parse_binary(raw or b"", self.limits)
                 await self.handle(frame)
-        except PushError as exc:
-            session.hub.metrics.error(exc)
-            session.close(exc.close_code, exc.detail)
-        except Exception:
-            log.exception("WebSocket reader failed")
-            session.close(codes.WS_1011_INTERNAL_ERROR, "internal error")
+            except PushError as exc:
+                session.hub.metrics.error(exc)
+                session.close(exc.close_code, exc.detail)
+            except Exception:
+                log.exception("WebSocket reader failed")
+                session.close(codes.WS_1011_INTERNAL_ERROR, "internal error")
 
     async def handle(self, frame: client_frames.Frame) -> None:
         session = self.session
@@ -168,7 +185,7 @@ class _Connection:
                     raise
                 self._error(exc, op="subscribe", channels=frame.channels)
                 return
-            self._spawn(self._subscribe(frame.channels, positions))
+            await self._subscribe(frame.channels, positions)
         elif isinstance(frame, client_frames.Unsubscribe):
             session.unsubscribe(frame.channels)
             session.push(ws_control("unsubscribed", channels=frame.channels, cursor=session.cursor))
@@ -189,13 +206,29 @@ class _Connection:
             session.push(ws_control("refreshed", expires_at=principal.expires_at))
 
     async def _subscribe(self, channels: list[str], positions: dict[str, Any]) -> None:
-        async with self._subscribing:
+        """Join inline, so that the ``subscribed`` answer (and live delivery) precede
+        anything the client sends next; replay history in a task of its own, so that
+        the connection keeps reading (pings, publishes) during a long catch-up."""
+        try:
+            new = await self.session.join(channels, positions)
+        except PushError as exc:
+            self._error(exc, op="subscribe", channels=channels)
+            return
+        except Exception:
+            log.exception("subscribe failed")
+            self.session.close(codes.WS_1011_INTERNAL_ERROR, "subscribe failed; resume")
+            return
+        if new:
+            self._spawn(self._catch_up(new, positions))
+
+    async def _catch_up(self, new: list[str], positions: dict[str, Any]) -> None:
+        async with self._catching_up:
             try:
-                await self.session.subscribe(channels, positions)
+                await self.session.catch_up(new, positions)
             except PushError as exc:
-                self._error(exc, op="subscribe", channels=channels)
+                self._error(exc, op="subscribe", channels=new)
             except Exception:
-                log.exception("subscribe failed")
+                log.exception("catch-up failed")
                 self.session.close(codes.WS_1011_INTERNAL_ERROR, "subscribe failed; resume")
 
     async def _publish(self, frame: client_frames.Publish) -> None:
