@@ -101,6 +101,28 @@ def listening_pids(port: int) -> list[int]:
     return sorted(pids)
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (children, grandchildren, ...), from ``/proc/*/stat``."""
+    parents: dict[int, list[int]] = {}
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = raw.rpartition(")")[2].split()
+        with contextlib.suppress(IndexError, ValueError):
+            parents.setdefault(int(fields[1]), []).append(int(entry.name))
+    out: list[int] = []
+    todo = [pid]
+    while todo and len(out) < 10_000:
+        for child in parents.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return sorted(out)
+
+
 def pin(pid: int, cpus: set[int]) -> bool:
     """Pin ``pid`` (0: this process) to ``cpus``; False where affinity is unsupported."""
     setter = getattr(os, "sched_setaffinity", None)

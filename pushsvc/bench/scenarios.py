@@ -4,6 +4,9 @@ CPU use (a generator above 90% of a core may be what limited the figures).
 
 Every loop is bounded by a count and by ``phase_timeout``; a phase that runs out of time
 reports what it has, with ``complete: false`` and the missing events as lost.
+
+``Bench(..., dialect=...)`` runs fanout, latency and connections against a peer server
+(``benchmarks/peers/compare.py``): see :mod:`pushsvc.bench.dialects`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 
 import httpx
 
+from pushsvc.bench.dialects import PUSHSVC, Dialect
 from pushsvc.bench.server import ServerUnderTest
 from pushsvc.bench.wire import SUBSCRIBERS, Publisher, Subscriber, Tally, Target
 
@@ -152,7 +156,9 @@ class Bench:
         options: Options,
         progress: Progress | None = None,
         respawn: Callable[[], ServerUnderTest] | None = None,
+        dialect: Dialect = PUSHSVC,
     ) -> None:
+        self.dialect = dialect
         self.server = server
         self.token = token
         self.o = options
@@ -162,12 +168,16 @@ class Bench:
 
     @property
     def target(self) -> Target:
-        return Target(self.server.host, self.server.port, self.token, self.server.api_key)
+        return Target(
+            self.server.host, self.server.port, self.token, self.server.api_key, self.dialect
+        )
 
     def channel(self, scenario: str, transport: str) -> str:
         return f"bench-{self.run_id}-{scenario}-{transport}"
 
     def body(self, channel: str, n: int) -> bytes:
+        if not self.dialect.is_pushsvc:
+            return self.dialect.payload(n, self.o.payload_bytes)
         pad = "x" * max(0, self.o.payload_bytes - 20)
         return json.dumps(
             {"channel": channel, "event": "bench", "data": {"n": n, "pad": pad}}
@@ -200,7 +210,7 @@ class Bench:
         async def one() -> None:
             nonlocal failed
             async with sem:
-                tally = Tally(target_count, latencies)
+                tally = Tally(target_count, latencies, ordered=self.dialect.ordered)
                 tally.on_target = on_target
                 sub = cls(self.target, channel, tally)
                 try:
@@ -232,6 +242,8 @@ class Bench:
 
     def scrape(self) -> dict[str, float]:
         """Server-side counters from ``/metrics`` (pushsvc only; empty elsewhere)."""
+        if not self.dialect.is_pushsvc:
+            return {}
         try:
             r = httpx.get(self.server.url + "/metrics", timeout=5)
         except httpx.HTTPError:
@@ -290,7 +302,7 @@ class Bench:
             for i in range(k):
                 if time.monotonic() > deadline:
                     break
-                await publisher.publish(self.body(channel, i))
+                await publisher.publish(self.body(channel, i), channel)
             if not subs:
                 all_done.set()
             ok = await self.wait_until(all_done, deadline)
@@ -365,7 +377,7 @@ class Bench:
         async def publish_one(i: int) -> None:
             p = await free.get()
             try:
-                await p.publish(self.body(channel, i))
+                await p.publish(self.body(channel, i), channel)
             finally:
                 free.put_nowait(p)
 
@@ -592,6 +604,8 @@ class Bench:
                     steps.append((scenario, mode, lambda mode=mode: self.publish(mode)))  # type: ignore[misc]
                 continue
             for transport in self.o.transports:
+                if transport not in self.dialect.transports:
+                    continue
                 run = runners[scenario]
                 steps.append((scenario, transport, lambda run=run, t=transport: run(t)))  # type: ignore[misc]
         return steps

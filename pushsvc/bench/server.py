@@ -164,6 +164,69 @@ def spawn(
     raise RuntimeError("the server did not become ready within 20 s")
 
 
+def spawn_command(
+    cmd: list[str],
+    port: int,
+    *,
+    cpu: int | None = None,
+    ready_path: str = "/healthz",
+    ready_port: int | None = None,
+    log_path: Path | None = None,
+    env: dict[str, str] | None = None,
+    name: str = "server",
+    timeout: float = 20.0,
+) -> ServerUnderTest:
+    """Start any server (a benchmark peer) listening on 127.0.0.1:``port``.
+
+    It is pinned to ``cpu`` before it runs (so every thread and child process it starts
+    inherits the pinning), ready when ``GET ready_path`` (on ``ready_port``, default
+    ``port``) answers 200, and measured as itself plus its descendants (nginx's master and
+    worker below a wrapper, say), found once it is ready. ``stop()`` terminates the
+    process it started (by pid); a wrapper stops its own children."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    preexec = None
+    if cpu is not None and hasattr(os, "sched_setaffinity"):
+        pinned = {cpu}
+
+        def preexec() -> None:
+            os.sched_setaffinity(0, pinned)
+
+    out = open(log_path, "ab") if log_path is not None else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        popen = subprocess.Popen(
+            cmd, env=full_env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=preexec
+        )
+    finally:
+        if log_path is not None:
+            out.close()  # type: ignore[union-attr]
+    server = ServerUnderTest(
+        f"http://127.0.0.1:{port}",
+        None,
+        "",
+        name,
+        proc=popen,
+        pids=[popen.pid],
+        cpu=cpu if preexec is not None else None,
+        log_path=log_path,
+    )
+    ready_url = f"http://127.0.0.1:{ready_port or port}{ready_path}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if popen.poll() is not None:
+            where = f" (log: {log_path})" if log_path else ""
+            raise RuntimeError(f"{name} exited with {popen.returncode}{where}")
+        try:
+            if httpx.get(ready_url, timeout=1).status_code == 200:
+                server.pids = [popen.pid, *proc.descendants(popen.pid)]
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    server.stop()
+    raise RuntimeError(f"{name} did not become ready within {timeout:g} s")
+
+
 def attach(url: str, api_key: str, secret: str | None) -> ServerUnderTest:
     """A running server; local when its listening socket is found in ``/proc``."""
     server = ServerUnderTest(url.rstrip("/"), secret, api_key, "unknown")

@@ -12,6 +12,10 @@ The generator must stay cheaper per delivery than the server it measures, so:
   A ``Tally`` per subscriber counts them: strictly increasing IDs are new, anything else
   is a duplicate; publish->receive latency is the receive wall clock (one ``time.time()``
   per chunk) minus the ID's milliseconds.
+- Peers (``Target.dialect``, see :mod:`pushsvc.bench.dialects`): the same clients speak a
+  peer's subscription handshake (none, or Socket.IO over a raw WebSocket) and find
+  ``@<ms>-<seq>@`` in the payload the generator published; their tally counts distinct
+  sequence numbers (order-insensitive).
 """
 
 from __future__ import annotations
@@ -25,10 +29,13 @@ import time
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from dataclasses import replace as dc_replace
 from typing import Any, cast
 from urllib.parse import quote
 
 import httptools  # type: ignore[import-untyped,unused-ignore]
+
+from pushsvc.bench.dialects import PUSHSVC, Dialect
 
 ID_RE = re.compile(rb'"id":"(\d+)-(\d+)"')
 CURSOR_RE = re.compile(rb'"cursor":"([^"]*)"')
@@ -51,12 +58,15 @@ class Tally:
         "latencies",
         "on_target",
         "reached_at",
+        "seen",
         "subscribed",
         "target",
     )
 
-    def __init__(self, target: int = 0, latencies: array[float] | None = None) -> None:
-        self.count = 0  # distinct events, in order
+    def __init__(
+        self, target: int = 0, latencies: array[float] | None = None, ordered: bool = True
+    ) -> None:
+        self.count = 0  # distinct events (ordered: in order)
         self.dups = 0
         self.gaps = 0
         self.last: tuple[int, int] = (0, 0)
@@ -67,24 +77,38 @@ class Tally:
         self.subscribed = asyncio.Event()
         self.done = asyncio.Event()
         self.on_target: Callable[[Tally], None] | None = None
+        # unordered (peers): the sequence numbers seen so far
+        self.seen: set[int] | None = None if ordered else set()
 
     def add(self, ids: list[tuple[bytes, bytes]]) -> None:
         if not ids:
             return
         now_ms = time.time() * 1000.0
-        last = self.last
         lat = self.latencies
-        for raw_ms, raw_seq in ids:
-            ms = int(raw_ms)
-            key = (ms, int(raw_seq))
-            if key > last:
-                last = key
+        seen = self.seen
+        if seen is not None:
+            for raw_ms, raw_seq in ids:
+                seq = int(raw_seq)
+                if seq in seen:
+                    self.dups += 1
+                    continue
+                seen.add(seq)
                 self.count += 1
                 if lat is not None:
-                    lat.append(now_ms - ms)
-            else:
-                self.dups += 1
-        self.last = last
+                    lat.append(now_ms - int(raw_ms))
+        else:
+            last = self.last
+            for raw_ms, raw_seq in ids:
+                ms = int(raw_ms)
+                key = (ms, int(raw_seq))
+                if key > last:
+                    last = key
+                    self.count += 1
+                    if lat is not None:
+                        lat.append(now_ms - ms)
+                else:
+                    self.dups += 1
+            self.last = last
         if self.target and self.reached_at is None and self.count >= self.target:
             self.reached_at = time.perf_counter()
             self.done.set()
@@ -98,10 +122,16 @@ class Target:
     port: int
     token: str  # subscriber token
     api_key: str
+    dialect: Dialect = PUSHSVC
 
     @property
     def host_header(self) -> bytes:
         return f"{self.host}:{self.port}".encode()
+
+    @property
+    def publish_target(self) -> Target:
+        port = self.dialect.publish_port
+        return self if port is None or port == self.port else dc_replace(self, port=port)
 
 
 async def _connect(target: Target, factory: Callable[[], asyncio.Protocol]) -> Any:
@@ -129,11 +159,16 @@ def ws_frame(opcode: int, payload: bytes) -> bytes:
 
 
 class WSClient(asyncio.Protocol):
-    """A subscriber on ``/v1/ws``."""
+    """A subscriber on ``/v1/ws`` (pushsvc) or on a peer's WebSocket endpoint (its
+    ``Dialect``: ``raw`` or ``socketio``)."""
 
-    def __init__(self, target: Target, tally: Tally) -> None:
+    def __init__(self, target: Target, tally: Tally, path: str | None = None) -> None:
         self.target = target
         self.tally = tally
+        dialect = target.dialect
+        self.path = path or dialect.path(dialect.ws_path, "")
+        self.mode = dialect.ws_protocol
+        self.id_re = dialect.id_re
         self.transport: asyncio.Transport | None = None
         self.upgraded = False
         self.buf = b""
@@ -144,14 +179,19 @@ class WSClient(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
         key = base64.b64encode(os.urandom(16))
+        auth = b""
+        if self.mode == "pushsvc":
+            auth = b"Authorization: Bearer " + self.target.token.encode() + b"\r\n"
         self.transport.write(
-            b"GET /v1/ws HTTP/1.1\r\nHost: "
+            b"GET "
+            + self.path.encode()
+            + b" HTTP/1.1\r\nHost: "
             + self.target.host_header
             + b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: "
             + key
-            + b"\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer "
-            + self.target.token.encode()
-            + b"\r\n\r\n"
+            + b"\r\nSec-WebSocket-Version: 13\r\n"
+            + auth
+            + b"\r\n"
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -198,7 +238,7 @@ class WSClient(asyncio.Protocol):
         size = len(buf)
         ids: list[tuple[bytes, bytes]] = []
         tally = self.tally
-        search = ID_RE.search
+        mode = self.mode
         while size - pos >= 2:
             b0 = buf[pos]
             length = buf[pos + 1] & 0x7F
@@ -220,17 +260,20 @@ class WSClient(asyncio.Protocol):
             pos = end
             opcode = b0 & 0x0F
             if opcode == 0x1 or opcode == 0x2:
-                if buf.startswith(WS_EVENT, start):
-                    m = search(buf, start, end)
-                    if m is not None:
-                        ids.append((m.group(1), m.group(2)))
-                elif buf.startswith(WS_SUBSCRIBED, start):
-                    c = CURSOR_RE.search(buf, start, end)
-                    if c is not None:
-                        tally.cursor = c.group(1).decode()
-                    tally.subscribed.set()
-                elif buf.startswith(WS_GAP, start):
-                    tally.gaps += 1
+                if mode == "pushsvc":
+                    nl = buf.find(b"\n", start, end)
+                    if nl < 0:
+                        self._pushsvc_frame(buf, start, end, ids)
+                    else:  # batch framing: JSON frames separated by "\n"
+                        while nl >= 0:
+                            self._pushsvc_frame(buf, start, nl, ids)
+                            start = nl + 1
+                            nl = buf.find(b"\n", start, end)
+                        self._pushsvc_frame(buf, start, end, ids)
+                elif mode == "raw":
+                    ids += self.id_re.findall(buf, start, end)
+                else:
+                    self._socketio_packet(buf, start, end, ids)
             elif opcode == 0x8:
                 self.close_code = (buf[start] << 8) | buf[start + 1] if length >= 2 else 1005
                 if self.transport is not None:
@@ -240,6 +283,38 @@ class WSClient(asyncio.Protocol):
         self.buf = buf[pos:] if pos < size else b""
         if ids:
             tally.add(ids)
+
+    def _pushsvc_frame(
+        self, buf: bytes, start: int, end: int, ids: list[tuple[bytes, bytes]]
+    ) -> None:
+        if buf.startswith(WS_EVENT, start):
+            m = ID_RE.search(buf, start, end)
+            if m is not None:
+                ids.append((m.group(1), m.group(2)))
+        elif buf.startswith(WS_SUBSCRIBED, start):
+            c = CURSOR_RE.search(buf, start, end)
+            if c is not None:
+                self.tally.cursor = c.group(1).decode()
+            self.tally.subscribed.set()
+        elif buf.startswith(WS_GAP, start):
+            self.tally.gaps += 1
+
+    def _socketio_packet(
+        self, buf: bytes, start: int, end: int, ids: list[tuple[bytes, bytes]]
+    ) -> None:
+        """Engine.IO v4 / Socket.IO v5 packets, one per WebSocket message."""
+        if buf.startswith(b"42", start):  # a Socket.IO EVENT: 42["m","<payload>"]
+            ids += self.id_re.findall(buf, start, end)
+        elif end - start == 1 and buf[start] == 0x32:  # "2": ping
+            self.send_text(b"3")
+        elif buf.startswith(b"0{", start):  # Engine.IO open: connect to the namespace
+            self.send_text(b"40")
+        elif buf.startswith(b"40", start):  # Socket.IO CONNECT answered
+            self.tally.subscribed.set()
+        elif buf.startswith(b"44", start) or buf.startswith(b"1", start):
+            self.close_code = 1008  # connect refused, or an Engine.IO close
+            if self.transport is not None:
+                self.transport.close()
 
 
 # --- HTTP ----------------------------------------------------------------------------------
@@ -392,11 +467,16 @@ class WSSubscriber(Subscriber):
     transport_name = "websocket"
 
     async def start(self, cursor: str | None = None) -> None:
+        dialect = self.target.dialect
+        path = dialect.path(dialect.ws_path, self.channel)
         self.client: WSClient = await _connect(
-            self.target, lambda: WSClient(self.target, self.tally)
+            self.target, lambda: WSClient(self.target, self.tally, path)
         )
         await self.client.opened
-        self.client.subscribe([self.channel], cursor)
+        if dialect.ws_protocol == "pushsvc":
+            self.client.subscribe([self.channel], cursor)
+        elif dialect.ws_protocol == "raw":
+            self.tally.subscribed.set()  # the upgrade is the subscription
         await _subscribed_or_lost(self.tally.subscribed, self.client.closed)
 
     def close(self) -> None:
@@ -409,17 +489,21 @@ class SSESubscriber(Subscriber):
     transport_name = "sse"
 
     async def start(self, cursor: str | None = None) -> None:
+        dialect = self.target.dialect
+        self.pushsvc = dialect.sse_protocol == "pushsvc"
+        self.id_re = dialect.id_re
         self.client = await http_connect(self.target)
         self.buf = b""
-        headers = auth_header(self.target.token)
+        headers = auth_header(self.target.token) if self.pushsvc else {}
         headers["Accept"] = "text/event-stream"
         if cursor is not None:
             headers["Last-Event-ID"] = cursor
-        status = await self.client.stream(
-            f"/v1/sse?channel={quote(self.channel)}", headers, self._chunk
-        )
+        path = dialect.path(dialect.sse_path, self.channel)
+        status = await self.client.stream(path, headers, self._chunk)
         if status != 200:
             raise ConnectionError(f"SSE answered {status}")
+        if not self.pushsvc:
+            self.tally.subscribed.set()  # the response headers are the subscription
         await _subscribed_or_lost(self.tally.subscribed, self.client.lost)
 
     def _chunk(self, data: bytes) -> None:
@@ -439,9 +523,9 @@ class SSESubscriber(Subscriber):
                 if m is not None:
                     tally.cursor = m.group(1).decode()
                 tally.subscribed.set()
-        if b"event: gap\n" in block:
+        if self.pushsvc and b"event: gap\n" in block:
             tally.gaps += block.count(b"event: gap\n")
-        ids = ID_RE.findall(block)
+        ids = self.id_re.findall(block)
         if ids:
             tally.add(ids)
 
@@ -542,25 +626,34 @@ SUBSCRIBERS: dict[str, type[Subscriber]] = {
 
 
 class Publisher:
-    """``POST /v1/publish`` over one keep-alive connection with the API key."""
+    """``POST /v1/publish`` over one keep-alive connection with the API key; for a peer,
+    ``POST`` the payload to its dialect's publish path (and port)."""
 
     def __init__(self, target: Target) -> None:
-        self.target = target
+        self.dialect = target.dialect
+        self.target = target.publish_target
         self.client: HTTPClient | None = None
-        self.headers = auth_header(target.api_key)
-        self.headers["Content-Type"] = "application/json"
+        if self.dialect.is_pushsvc:
+            self.headers = auth_header(target.api_key)
+            self.headers["Content-Type"] = "application/json"
+        else:
+            self.headers = {"Content-Type": "text/plain; charset=utf-8"}
         self.rejected = 0
+        self.paths: dict[str, str] = {}
 
     async def open(self) -> Publisher:
         self.client = await http_connect(self.target)
         return self
 
-    async def publish(self, body: bytes) -> Response:
+    async def publish(self, body: bytes, channel: str = "") -> Response:
         if self.client is None or self.client.transport is None or self.client.lost.is_set():
             await self.open()
         assert self.client is not None
-        r = await self.client.request("POST", "/v1/publish", self.headers, body)
-        if r.status != 200:
+        path = self.paths.get(channel)
+        if path is None:
+            path = self.paths[channel] = self.dialect.path(self.dialect.publish_path, channel)
+        r = await self.client.request("POST", path, self.headers, body)
+        if r.status // 100 != 2:
             self.rejected += 1
         if r.headers.get(b"connection", b"").lower() == b"close":
             self.client.close()

@@ -1,0 +1,755 @@
+"""pushsvc and its peers side by side, with the same load generator, in one run.
+
+    python benchmarks/peers/compare.py --out benchmarks/results/comparison
+
+For each server in ``--servers`` (default: all, in the order of the table): start it on a
+free loopback port pinned to CPU 0 (the generator pins itself to CPU 1), run the fan-out
+and latency scenarios on WebSocket (and SSE where the server has it), then the connections
+scenario (a fresh process per transport, as ``pushsvc bench`` does), stop it (by the pid
+this script started), and go on to the next. Writes ``comparison.json`` (every figure of
+every phase), ``comparison.md`` (the comparison table, then the detail tables) and
+``comparison.png`` to ``--out``. Exits 1 when a phase was incomplete or a server could not
+be run.
+
+The servers (their code is in this folder; ``install.sh`` installs what they need):
+
+- ``pushsvc``: ``python -m pushsvc serve`` as ``pushsvc bench --spawn redis`` starts it
+  (Redis backend with a key prefix of the run's own, deleted at the end; every feature
+  on; heartbeats every ``--heartbeat`` s); ``--backend memory`` for the in-process log;
+- ``nchan``: nginx + Nchan 1.3.6, one worker (``nchan_serve.py``, ``nchan.conf.template``);
+- ``websockets``: bare ``websockets`` with ``broadcast()`` (``websockets_broadcast.py``;
+  publishing on a second port);
+- ``socketio-node``: Socket.IO 4.8 on node (``socketio_node/server.js``);
+- ``starlette``: bare Starlette on uvicorn, encode once, loop over sockets
+  (``starlette_broadcast.py``);
+- ``python-socketio``: python-socketio 5 on uvicorn (``python_socketio_app.py``).
+
+How the generator talks to each: ``pushsvc.bench.dialects``. Every loop is bounded by a
+count and by ``--phase-timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pushsvc.auth import Authenticator
+from pushsvc.bench import proc, report
+from pushsvc.bench.cli import _git_describe, _loadavg, _raise_fd_limit
+from pushsvc.bench.dialects import PUSHSVC, Dialect, socketio
+from pushsvc.bench.scenarios import SATURATED, Bench, Options, Phase
+from pushsvc.bench.server import (
+    ServerUnderTest,
+    delete_redis_prefix,
+    free_port,
+    spawn,
+    spawn_command,
+)
+
+HERE = Path(__file__).resolve().parent
+NODE_MODULES = HERE / "node" / "node_modules"
+
+
+@dataclass
+class Peer:
+    name: str
+    label: str
+    # (port, publish port) -> (command, environment, the port /healthz answers on)
+    command: Callable[[int, int], tuple[list[str], dict[str, str], int]] | None
+    dialect: Callable[[int, int], Dialect]
+    versions: Callable[[], str] = lambda: ""
+
+
+def _pkg(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def _run(cmd: list[str]) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unavailable ({exc})"
+    return (out.stdout + out.stderr).strip()
+
+
+def _socketio_node_version() -> str:
+    try:
+        pkg = json.loads((NODE_MODULES / "socket.io" / "package.json").read_text())
+    except OSError:
+        return "socket.io not installed (benchmarks/peers/install.sh)"
+    return f"socket.io {pkg['version']}, node {_run(['node', '--version'])}"
+
+
+def _py(script: str) -> Callable[[int, int], tuple[list[str], dict[str, str], int]]:
+    def command(port: int, publish_port: int) -> tuple[list[str], dict[str, str], int]:
+        cmd = [sys.executable, str(HERE / script), "--host", "127.0.0.1", "--port", str(port)]
+        if script == "websockets_broadcast.py":
+            cmd += ["--publish-port", str(publish_port)]
+            return cmd, {}, publish_port
+        return cmd, {}, port
+
+    return command
+
+
+def _node(port: int, publish_port: int) -> tuple[list[str], dict[str, str], int]:
+    node = shutil.which("node") or "node"
+    cmd = [node, str(HERE / "socketio_node" / "server.js"), "--host", "127.0.0.1"]
+    return [*cmd, "--port", str(port)], {"NODE_PATH": str(NODE_MODULES)}, port
+
+
+PEERS: dict[str, Peer] = {
+    p.name: p
+    for p in (
+        Peer(
+            "pushsvc",
+            "pushsvc (this commit)",
+            None,
+            lambda port, pub: PUSHSVC,
+            lambda: f"pushsvc {_pkg('pushsvc')}, uvicorn {_pkg('uvicorn')}",
+        ),
+        Peer(
+            "nchan",
+            "Nchan (nginx module, C), 1 worker",
+            _py("nchan_serve.py"),
+            lambda port, pub: Dialect("nchan"),
+            lambda: (
+                _run(["nginx", "-v"])
+                + ", libnginx-mod-nchan "
+                + _run(["dpkg-query", "-W", "-f=${Version}", "libnginx-mod-nchan"])
+            ),
+        ),
+        Peer(
+            "websockets",
+            "bare websockets server with broadcast()",
+            _py("websockets_broadcast.py"),
+            lambda port, pub: Dialect("websockets", sse_path=None, publish_port=pub),
+            lambda: f"websockets {_pkg('websockets')}",
+        ),
+        Peer(
+            "socketio-node",
+            "Socket.IO on node",
+            _node,
+            lambda port, pub: socketio("socketio-node"),
+            _socketio_node_version,
+        ),
+        Peer(
+            "starlette",
+            "bare Starlette on uvicorn (websockets-sansio), encode once, loop",
+            _py("starlette_broadcast.py"),
+            lambda port, pub: Dialect("starlette"),
+            lambda: f"starlette {_pkg('starlette')}, uvicorn {_pkg('uvicorn')}",
+        ),
+        Peer(
+            "python-socketio",
+            "python-socketio on uvicorn",
+            _py("python_socketio_app.py"),
+            lambda port, pub: socketio("python-socketio"),
+            lambda: (
+                f"python-socketio {_pkg('python-socketio')}, "
+                f"python-engineio {_pkg('python-engineio')}, uvicorn {_pkg('uvicorn')}"
+            ),
+        ),
+    )
+}
+
+
+@dataclass
+class Result:
+    peer: Peer
+    phases: list[Phase] = field(default_factory=list)
+    error: str | None = None
+    versions: str = ""
+    transports: tuple[str, ...] = ()
+
+    def phase(self, scenario: str, transport: str) -> Phase | None:
+        return next(
+            (p for p in self.phases if p.scenario == scenario and p.transport == transport), None
+        )
+
+
+class Runner:
+    """Starts, measures and stops one server after the other."""
+
+    def __init__(self, opts: dict[str, Any], options: Options, out: Path) -> None:
+        self.opts = opts
+        self.options = options
+        self.out = out
+        self.cores = sorted(proc.affinity() or set())
+        self.pin_server: int | None = None
+        self.pin_gen: int | None = None
+        if not opts["no_pin"] and len(self.cores) >= 2:
+            self.pin_server, self.pin_gen = self.cores[0], self.cores[1]
+        self.started: list[ServerUnderTest] = []
+        self.redis_prefix: str | None = None
+        self.keys_deleted = 0
+
+    # --- servers ---------------------------------------------------------------------------
+
+    def start(self, peer: Peer) -> tuple[ServerUnderTest, Dialect]:
+        for old in self.started:
+            old.stop()
+        self.started = []
+        log = self.out / "logs" / f"{peer.name}.log"
+        log.parent.mkdir(exist_ok=True)
+        if peer.command is None:  # pushsvc, as `pushsvc bench --spawn` starts it
+            server = spawn(
+                self.opts["backend"],
+                redis_url=self.opts["redis_url"],
+                cpu=self.pin_server,
+                log_path=log,
+                extra_env={
+                    "PUSHSVC_HEARTBEAT_INTERVAL": str(self.opts["heartbeat"]),
+                    "PUSHSVC_RETENTION_MAX_LEN": "10000",
+                },
+                redis_prefix=self.redis_prefix,
+            )
+            if server.redis_prefix:
+                self.redis_prefix = server.redis_prefix
+            self.started.append(server)
+            return server, PUSHSVC
+        port, pub = free_port(), free_port()
+        cmd, env, ready_port = peer.command(port, pub)
+        server = spawn_command(
+            cmd,
+            port,
+            cpu=self.pin_server,
+            ready_port=ready_port,
+            log_path=log,
+            env=env,
+            name=peer.name,
+        )
+        self.started.append(server)
+        return server, peer.dialect(port, pub)
+
+    def stop(self) -> None:
+        for server in self.started:
+            server.stop()
+        self.started = []
+
+    # --- one server --------------------------------------------------------------------------
+
+    async def measure(self, peer: Peer) -> Result:
+        result = Result(peer, versions=peer.versions())
+        try:
+            server, dialect = self.start(peer)
+        except (RuntimeError, OSError) as exc:
+            result.error = f"could not start: {exc}"
+            return result
+        try:
+            token = "unused"
+            if server.secret is not None:
+                token = Authenticator((server.secret,), ()).issue(
+                    "pushsvc-compare", subscribe=["*"], publish=["*"], ttl=24 * 3600
+                )
+            bench: Bench
+
+            def respawn() -> ServerUnderTest:
+                fresh, bench.dialect = self.start(peer)
+                return fresh
+
+            bench = Bench(server, token, self.options, respawn=respawn, dialect=dialect)
+            if server.secret is not None:
+                # a respawned pushsvc keeps the credentials: tokens stay valid
+                secret, api_key = server.secret, server.api_key
+
+                def respawn_pushsvc() -> ServerUnderTest:
+                    for old in self.started:
+                        old.stop()
+                    fresh = spawn(
+                        self.opts["backend"],
+                        redis_url=self.opts["redis_url"],
+                        cpu=self.pin_server,
+                        log_path=self.out / "logs" / f"{peer.name}.log",
+                        extra_env={
+                            "PUSHSVC_HEARTBEAT_INTERVAL": str(self.opts["heartbeat"]),
+                            "PUSHSVC_RETENTION_MAX_LEN": "10000",
+                        },
+                        redis_prefix=self.redis_prefix,
+                        secret=secret,
+                        api_key=api_key,
+                    )
+                    self.started = [fresh]
+                    return fresh
+
+                bench.respawn = respawn_pushsvc
+            result.transports = tuple(t for t in self.options.transports if t in dialect.transports)
+            steps: list[tuple[str, str, Callable[[str], Any]]] = []
+            for scenario, run in (
+                ("fanout", bench.fanout),
+                ("latency", bench.latency),
+                ("connections", bench.connections),
+            ):
+                if scenario in self.opts["scenarios"]:
+                    steps += [(scenario, t, run) for t in result.transports]
+            for scenario, transport, run in steps:
+                started = time.perf_counter()
+                try:
+                    phase = await run(transport)
+                except (OSError, RuntimeError) as exc:
+                    phase = Phase(scenario, transport, {}, complete=False)
+                    phase.notes.append(f"failed: {exc!r}")
+                phase.elapsed = time.perf_counter() - started
+                result.phases.append(phase)
+                _log(f"{peer.name:>16} {scenario}/{transport}: {_brief(phase)}")
+        finally:
+            self.stop()
+        return result
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+def _brief(p: Phase) -> str:
+    f = p.figures
+    parts = []
+    for key in (
+        "server_cpu_us_per_delivery",
+        "deliveries_per_s",
+        "p99_ms",
+        "server_rss_kib_per_connection",
+        "lost",
+        "duplicated",
+    ):
+        if f.get(key) is not None:
+            parts.append(f"{key}={f[key]}")
+    gen = "-" if p.generator_cpu is None else f"{p.generator_cpu:.0%}"
+    srv = "-" if p.server_cpu is None else f"{p.server_cpu:.0%}"
+    ok = "ok" if p.complete else "INCOMPLETE " + "; ".join(p.notes[:2])
+    return f"{', '.join(parts)} server CPU {srv}, generator CPU {gen}, {ok}"
+
+
+def _cell(p: Phase | None, key: str, unit: str, digits: int = 1) -> str:
+    if p is None:
+        return "—"
+    value = p.figures.get(key)
+    if value is None:
+        return "failed" if not p.complete else "—"
+    text = f"{value:,.{digits}f} {unit}"
+    if not p.complete:
+        text += " (incomplete)"
+    if p.saturated:
+        text += " (generator saturated)"
+    return text
+
+
+COLUMNS = [
+    ("fanout", "websocket", "server_cpu_us_per_delivery", "µs", "WS fan-out: server CPU/event"),
+    ("fanout", "sse", "server_cpu_us_per_delivery", "µs", "SSE fan-out: server CPU/event"),
+    ("latency", "websocket", "p99_ms", "ms", "WS p99 publish→receive"),
+    ("latency", "sse", "p99_ms", "ms", "SSE p99 publish→receive"),
+    ("connections", "websocket", "server_rss_kib_per_connection", "KiB", "idle RSS per WS"),
+    ("connections", "sse", "server_rss_kib_per_connection", "KiB", "idle RSS per SSE"),
+]
+
+
+def summary(results: list[Result]) -> list[dict[str, Any]]:
+    rows = []
+    for r in results:
+        row: dict[str, Any] = {"server": r.peer.name, "label": r.peer.label, "error": r.error}
+        for scenario, transport, key, _unit, _title in COLUMNS:
+            p = r.phase(scenario, transport)
+            row[f"{scenario}_{transport}_{key}"] = None if p is None else p.figures.get(key)
+            row[f"{scenario}_{transport}_complete"] = None if p is None else p.complete
+        for transport in ("websocket", "sse"):
+            p = r.phase("fanout", transport)
+            row[f"fanout_{transport}_deliveries_per_s"] = (
+                None if p is None else p.figures.get("deliveries_per_s")
+            )
+            row[f"fanout_{transport}_generator_cpu"] = None if p is None else p.generator_cpu
+            row[f"fanout_{transport}_generator_cpu_us_per_delivery"] = (
+                None if p is None else p.figures.get("generator_cpu_us_per_delivery")
+            )
+        rows.append(row)
+    return rows
+
+
+def markdown(meta: dict[str, Any], results: list[Result], plot: str | None) -> str:
+    o = meta["options"]
+    out = ["# pushsvc and its peers, side by side", ""]
+    out.append(f"- command: `{meta['command']}`")
+    for key in (
+        "started",
+        "finished",
+        "pinning",
+        "machine",
+        "python",
+        "git",
+        "pushsvc_backend",
+        "load_average_at_start",
+        "load_average_at_end",
+    ):
+        if meta.get(key) is not None:
+            out.append(f"- {key}: {meta[key]}")
+    out.append("")
+    out.append(
+        f"Fan-out: {o['subscribers']:,} subscribers x {o['events']:,} events on one channel, "
+        "published one at a time (each as soon as the previous publish was answered); "
+        "server CPU per delivered event. Latency: "
+        f"{o['latency_subscribers']:,} subscribers, {o['rate']:g} events/s for "
+        f"{o['duration']:g} s, p99 of publish → receive. Idle connections: "
+        f"{o['connections']:,} per transport on a fresh server process, server RSS growth "
+        "per connection. Same load generator (`pushsvc.bench`, raw asyncio clients) for "
+        "every server; '—': the server has no such transport."
+    )
+    out.append("")
+    head = [
+        "server",
+        *[c[4] for c in COLUMNS],
+        "WS fan-out deliveries/s",
+        "generator CPU (WS fan-out)",
+    ]
+    out.append("| " + " | ".join(head) + " |")
+    out.append("|" + "---|" * len(head))
+    for r in results:
+        if r.error:
+            out.append(
+                f"| {r.peer.label} | " + " | ".join([r.error] + [""] * (len(head) - 2)) + " |"
+            )
+            continue
+        cells = [_cell(r.phase(s, t), k, u) for s, t, k, u, _ in COLUMNS]
+        fan = r.phase("fanout", "websocket")
+        rate = "—" if fan is None else _fmt_num(fan.figures.get("deliveries_per_s"))
+        gen = "—"
+        if fan is not None and fan.generator_cpu is not None:
+            per = fan.figures.get("generator_cpu_us_per_delivery")
+            gen = f"{fan.generator_cpu:.0%} of a core" + (f", {per:.1f} µs/event" if per else "")
+        out.append(f"| {r.peer.label} | " + " | ".join([*cells, rate, gen]) + " |")
+    out.append("")
+    out.append("Versions:")
+    out.append("")
+    out.extend(f"- {r.peer.name}: {r.versions}" for r in results)
+    out.append("")
+    if plot:
+        out.append(f"![comparison]({plot})")
+        out.append("")
+    out.append(
+        "*lost*: events a subscriber had not received when its phase ended; *dup*: "
+        "events received twice; *server CPU* and *generator CPU*: fraction of one core "
+        "over the measured part. pushsvc's latency runs from the event ID's time (the "
+        "backend's clock when it stored the event); a peer's from the generator's clock "
+        "right before it sent the publish request (written into the payload)."
+    )
+    out.append("")
+    for scenario in ("fanout", "latency", "connections"):
+        phases = [p for r in results for p in r.phases if p.scenario == scenario]
+        if not phases:
+            continue
+        out.append(f"## {scenario}")
+        out.append("")
+        named = []
+        for r in results:
+            for p in r.phases:
+                if p.scenario == scenario:
+                    copy = Phase(**{**p.__dict__, "transport": f"{r.peer.name} {p.transport}"})
+                    named.append(copy)
+        head2, body = report.rows(named, scenario)
+        head2[0] = "server, transport"
+        out.append("| " + " | ".join(head2) + " |")
+        out.append("|" + "---|" * len(head2))
+        out.extend("| " + " | ".join(row) + " |" for row in body)
+        notes = [f"{p.transport}: {n}" for p in named for n in p.notes]
+        if notes:
+            out.append("")
+            out.extend(f"- {n}" for n in notes)
+        out.append("")
+    saturated = [
+        f"{r.peer.name} {p.scenario}/{p.transport}"
+        for r in results
+        for p in r.phases
+        if p.saturated
+    ]
+    incomplete = [
+        f"{r.peer.name} {p.scenario}/{p.transport}"
+        for r in results
+        for p in r.phases
+        if not p.complete
+    ]
+    out.append("## Load generator and completeness")
+    out.append("")
+    if saturated:
+        out.append(
+            f"**The generator was saturated** (above {SATURATED:.0%} of a core) in: "
+            + ", ".join(saturated)
+            + ". Those figures may be limited by the generator rather than the server."
+        )
+    else:
+        out.append(f"The generator stayed below {SATURATED:.0%} of a core in every phase.")
+    out.append("")
+    if incomplete:
+        out.append("**Incomplete phases**: " + ", ".join(incomplete) + " (see the notes above).")
+    else:
+        out.append("Every phase was complete: no event lost or duplicated.")
+    failed = [f"{r.peer.name}: {r.error}" for r in results if r.error]
+    if failed:
+        out.append("")
+        out.append("**Not run**: " + "; ".join(failed))
+    return "\n".join(out) + "\n"
+
+
+def _fmt_num(value: Any) -> str:
+    return "—" if value is None else f"{value:,.0f}"
+
+
+def plot(out: Path, results: list[Result]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("fanout", "server_cpu_us_per_delivery", "fan-out: server CPU µs per delivered event"),
+        ("latency", "p99_ms", "p99 publish → receive, ms"),
+        ("connections", "server_rss_kib_per_connection", "idle server RSS KiB per connection"),
+    ]
+    names = [r.peer.name for r in results]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 0.55 * len(names) + 2.2))
+    height = 0.38
+    for ax, (scenario, key, title) in zip(axes, panels, strict=True):
+        for j, (transport, color) in enumerate((("websocket", "#4477aa"), ("sse", "#cc6677"))):
+            ys = [i + (j - 0.5) * height for i in range(len(names))]
+            values = []
+            for r in results:
+                p = r.phase(scenario, transport)
+                values.append(0.0 if p is None else float(p.figures.get(key) or 0.0))
+            bars = ax.barh(ys, values, height=height, color=color, label=transport)
+            for bar, v, r in zip(bars, values, results, strict=True):
+                p = r.phase(scenario, transport)
+                if p is None:
+                    continue
+                text = f"{v:.3g}" + ("" if p.complete else " (incomplete)")
+                ax.annotate(
+                    text,
+                    (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+                    xytext=(3, 0),
+                    textcoords="offset points",
+                    va="center",
+                    fontsize=8,
+                )
+        ax.set_yticks(range(len(names)), names)
+        ax.invert_yaxis()
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, axis="x", alpha=0.3)
+        ax.margins(x=0.25)
+    axes[0].legend(loc="lower right", fontsize=8)
+    fig.suptitle("pushsvc and its peers (server pinned to one core; lower is better)")
+    fig.tight_layout()
+    fig.savefig(out / "comparison.png", dpi=110)
+    plt.close(fig)
+    return "comparison.png"
+
+
+def _log(message: str) -> None:
+    click.echo(message, err=True)
+
+
+# --- CLI -----------------------------------------------------------------------------------
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--servers",
+    default=",".join(PEERS),
+    show_default=True,
+    help="Comma-separated: " + ", ".join(PEERS) + ".",
+)
+@click.option(
+    "--scenarios",
+    default="fanout,latency,connections",
+    show_default=True,
+    help="Comma-separated subset of fanout, latency, connections.",
+)
+@click.option("-t", "--transports", default="websocket,sse", show_default=True)
+@click.option("-n", "--subscribers", default=1000, show_default=True, help="fanout subscribers.")
+@click.option("-k", "--events", default=300, show_default=True, help="fanout events.")
+@click.option("--latency-subscribers", default=500, show_default=True)
+@click.option("--rate", default=50.0, show_default=True, help="latency: events/s.")
+@click.option("--duration", default=20.0, show_default=True, help="latency: seconds.")
+@click.option("-c", "--connections", default=2000, show_default=True, help="idle connections.")
+@click.option("--idle-seconds", default=6.0, show_default=True)
+@click.option("--payload-bytes", default=64, show_default=True)
+@click.option("--publishers", default=4, show_default=True, help="latency: publishing connections.")
+@click.option(
+    "--phase-timeout", default=120.0, show_default=True, help="Seconds; bounds each phase."
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["redis", "memory"]),
+    default="redis",
+    show_default=True,
+    help="pushsvc's backend (as pushsvc bench --spawn).",
+)
+@click.option(
+    "--redis-url",
+    default="redis://127.0.0.1:6379/0",
+    show_default=True,
+    envvar="PUSHSVC_BENCH_REDIS_URL",
+)
+@click.option("--heartbeat", default=5.0, show_default=True, help="pushsvc's heartbeat interval.")
+@click.option("--no-pin", is_flag=True, help="Do not pin server and generator to cores.")
+@click.option("--no-plots", is_flag=True)
+@click.option(
+    "--out",
+    "out_dir",
+    default="bench-results/comparison",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+)
+def main(
+    servers: str,
+    scenarios: str,
+    transports: str,
+    subscribers: int,
+    events: int,
+    latency_subscribers: int,
+    rate: float,
+    duration: float,
+    connections: int,
+    idle_seconds: float,
+    payload_bytes: int,
+    publishers: int,
+    phase_timeout: float,
+    backend: str,
+    redis_url: str,
+    heartbeat: float,
+    no_pin: bool,
+    no_plots: bool,
+    out_dir: Path,
+) -> None:
+    """pushsvc and its peers side by side: one run, one table (JSON, Markdown, PNG)."""
+    chosen = [s.strip() for s in servers.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in PEERS]
+    if unknown:
+        raise click.BadParameter(f"unknown: {', '.join(unknown)}", param_hint="--servers")
+    scen = tuple(s.strip() for s in scenarios.split(",") if s.strip())
+    if not set(scen) <= {"fanout", "latency", "connections"}:
+        raise click.BadParameter("fanout, latency, connections", param_hint="--scenarios")
+    trans = tuple({"ws": "websocket"}.get(t.strip(), t.strip()) for t in transports.split(","))
+    if not set(trans) <= {"websocket", "sse"}:
+        raise click.BadParameter("websocket, sse", param_hint="--transports")
+    options = Options(
+        transports=trans,
+        subscribers=subscribers,
+        events=events,
+        rate=rate,
+        duration=duration,
+        latency_subscribers=latency_subscribers,
+        connections=connections,
+        idle_seconds=idle_seconds,
+        payload_bytes=payload_bytes,
+        publishers=publishers,
+        phase_timeout=phase_timeout,
+    )
+    opts = {
+        "backend": backend,
+        "redis_url": redis_url,
+        "heartbeat": heartbeat,
+        "no_pin": no_pin,
+        "scenarios": scen,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    logs = out_dir / "logs"
+    if logs.exists():
+        for old in logs.glob("*.log"):
+            old.unlink()
+    _raise_fd_limit()  # the spawned servers inherit it
+    runner = Runner(opts, options, out_dir)
+    old_affinity = proc.affinity()
+    meta: dict[str, Any] = {
+        "command": "python benchmarks/peers/compare.py " + shlex.join(sys.argv[1:]),
+        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "pinning": (
+            f"server on CPU {runner.pin_server}, generator on CPU {runner.pin_gen}"
+            if runner.pin_gen is not None
+            else "none"
+        ),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        "python": platform.python_version(),
+        "git": _git_describe(),
+        "pushsvc_backend": backend,
+        "load_average_at_start": _loadavg(),
+        "options": vars(options) | {"transports": list(options.transports)},
+    }
+    results: list[Result] = []
+
+    async def run_all() -> None:
+        for name in chosen:
+            _log(f"--- {name}")
+            results.append(await runner.measure(PEERS[name]))
+
+    loop_factory = None
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    if runner.pin_gen is not None:
+        proc.pin(0, {runner.pin_gen})
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as r:
+            r.run(run_all())
+    finally:
+        runner.stop()
+        if old_affinity and runner.pin_gen is not None:
+            proc.pin(0, old_affinity)
+        if runner.redis_prefix:
+            meta["redis_keys_deleted"] = delete_redis_prefix(redis_url, runner.redis_prefix)
+    meta["finished"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    meta["load_average_at_end"] = _loadavg()
+    for log in logs.glob("*.log"):
+        if log.stat().st_size == 0:
+            log.unlink()
+    with contextlib.suppress(OSError):
+        logs.rmdir()  # nothing was logged
+    plot_name = None
+    if not no_plots:
+        try:
+            plot_name = plot(out_dir, results)
+        except ImportError as exc:
+            meta["plots_skipped"] = f"matplotlib is not installed ({exc})"
+    doc = {
+        "meta": meta,
+        "summary": summary(results),
+        "servers": [
+            {
+                "server": r.peer.name,
+                "label": r.peer.label,
+                "versions": r.versions,
+                "error": r.error,
+                "transports": list(r.transports),
+                "phases": [p.as_dict() for p in r.phases],
+            }
+            for r in results
+        ],
+    }
+    (out_dir / "comparison.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    text = markdown(meta, results, plot_name)
+    (out_dir / "comparison.md").write_text(text)
+    click.echo(text.split("\nVersions:")[0])
+    click.echo(
+        f"wrote {out_dir / 'comparison.json'}, {out_dir / 'comparison.md'}"
+        + (f", {out_dir / plot_name}" if plot_name else "")
+    )
+    if any(r.error for r in results) or any(not p.complete for r in results for p in r.phases):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""How the load generator talks to a server: pushsvc's own protocol, or a peer's.
+
+A ``Dialect`` tells the raw clients of :mod:`pushsvc.bench.wire`:
+
+- how to subscribe: the WebSocket and SSE paths (``{channel}`` is replaced, URL-quoted)
+  and the WebSocket handshake after the upgrade (``ws_protocol``):
+
+  - ``pushsvc``: a ``subscribe`` frame, confirmed by a ``subscribed`` frame; the URL asks
+    for batch framing (``batch=1``: one text message may carry several JSON frames
+    separated by ``"\\n"``, which the client splits);
+  - ``raw``: the upgrade is the subscription (the peer registers the socket before it
+    answers 101); every text message is one event's payload;
+  - ``socketio``: Engine.IO v4 / Socket.IO v5 protocol over a raw WebSocket
+    (``/socket.io/?EIO=4&transport=websocket``): receive the open packet ``0{...}``, send
+    ``40`` (connect to the default namespace), the subscription is confirmed by
+    ``40{...}``; events arrive as ``42["m","<payload>"]``; server pings ``2`` are answered
+    with ``3``;
+
+  SSE (``sse_protocol``): ``pushsvc`` waits for its ``subscribed`` event; ``raw`` counts
+  the response headers (status 200) as the subscription;
+- how to publish: ``POST`` to ``publish_path`` (on ``publish_port`` when the peer
+  publishes on a port of its own), the body being the payload; any 2xx is success;
+- where the event's identity is: pushsvc's events carry their ID (``"id":"<ms>-<seq>"``,
+  the backend's clock and sequence) and arrive in ID order. A peer only relays the
+  payload, so the generator writes it into the payload: ``@<ms>-<seq>@`` followed by
+  padding, where ``<ms>`` is the generator's wall clock (milliseconds) right before the
+  publish request is sent and ``<seq>`` the event's number in its phase. The pattern needs
+  no JSON escaping, so it survives inside a Socket.IO packet. Latency is the receive wall
+  clock minus ``<ms>`` (1 ms resolution, as for pushsvc); completeness counts distinct
+  ``<seq>`` per subscriber (order-insensitive: the latency phase publishes from several
+  connections at once, which a peer may relay in any order).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from urllib.parse import quote
+
+PUSHSVC_ID_RE = re.compile(rb'"id":"(\d+)-(\d+)"')
+PEER_ID_RE = re.compile(rb"@(\d+)-(\d+)@")
+
+
+@dataclass(frozen=True)
+class Dialect:
+    name: str
+    ws_path: str | None = "/ws?channel={channel}"
+    sse_path: str | None = "/sse?channel={channel}"
+    publish_path: str = "/publish?channel={channel}"
+    publish_port: int | None = None  # None: the server's port
+    ws_protocol: str = "raw"  # "pushsvc", "raw" or "socketio"
+    sse_protocol: str = "raw"  # "pushsvc" or "raw"
+
+    @property
+    def is_pushsvc(self) -> bool:
+        return self.ws_protocol == "pushsvc"
+
+    @property
+    def ordered(self) -> bool:
+        """Event IDs are server-assigned and arrive in order (pushsvc)."""
+        return self.is_pushsvc
+
+    @property
+    def id_re(self) -> re.Pattern[bytes]:
+        return PUSHSVC_ID_RE if self.is_pushsvc else PEER_ID_RE
+
+    @property
+    def transports(self) -> tuple[str, ...]:
+        out = []
+        if self.ws_path is not None:
+            out.append("websocket")
+        if self.sse_path is not None:
+            out.append("sse")
+        if self.is_pushsvc:
+            out.append("long-polling")
+        return tuple(out)
+
+    def path(self, template: str | None, channel: str) -> str:
+        if template is None:
+            raise ValueError(f"{self.name} has no such endpoint")
+        return template.format(channel=quote(channel, safe=""))
+
+    def payload(self, n: int, size: int) -> bytes:
+        """A peer's event payload: ``@<ms>-<n>@`` and padding up to ``size`` bytes."""
+        head = b"@%d-%d@" % (int(time.time() * 1000), n)
+        return head + b"x" * max(0, size - len(head))
+
+
+PUSHSVC = Dialect(
+    "pushsvc",
+    ws_path="/v1/ws?batch=1",
+    sse_path="/v1/sse?channel={channel}",
+    publish_path="/v1/publish",
+    ws_protocol="pushsvc",
+    sse_protocol="pushsvc",
+)
+
+
+def socketio(name: str) -> Dialect:
+    """A Socket.IO v4 server (node's or python-socketio): WebSocket only."""
+    return Dialect(
+        name,
+        ws_path="/socket.io/?EIO=4&transport=websocket&channel={channel}",
+        sse_path=None,
+        ws_protocol="socketio",
+    )

@@ -1,0 +1,192 @@
+"""The comparison benchmark's peers and dialects (benchmarks/peers/, pushsvc.bench.dialects).
+
+Only the peers that need nothing beyond pushsvc's own dependencies run here (bare
+Starlette on uvicorn, bare ``websockets``); Nchan, node's Socket.IO and python-socketio are
+the benchmark's (benchmarks/peers/install.sh), not the tests'. The Socket.IO handshake and
+pushsvc's batch framing are checked on the raw client with a recording transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from pushsvc.bench import proc
+from pushsvc.bench.dialects import PEER_ID_RE, PUSHSVC, Dialect, socketio
+from pushsvc.bench.scenarios import Bench, Options
+from pushsvc.bench.server import free_port, spawn_command
+from pushsvc.bench.wire import Tally, Target, WSClient, WSSubscriber
+
+ROOT = Path(__file__).resolve().parents[1]
+PEERS = ROOT / "benchmarks" / "peers"
+
+
+def test_compare_runs_the_bare_peers_complete(tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    run = subprocess.run(
+        [
+            sys.executable, str(PEERS / "compare.py"),
+            "--servers", "starlette,websockets",
+            "-n", "15", "-k", "12", "--latency-subscribers", "8", "--rate", "40",
+            "--duration", "0.5", "-c", "30", "--idle-seconds", "0.3",
+            "--phase-timeout", "30", "--no-plots", "--out", str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    doc = json.loads((out / "comparison.json").read_text())
+    servers = {s["server"]: s for s in doc["servers"]}
+    assert set(servers) == {"starlette", "websockets"}
+    expected = {
+        "starlette": {
+            (s, t) for s in ("fanout", "latency", "connections") for t in ("websocket", "sse")
+        },
+        "websockets": {(s, "websocket") for s in ("fanout", "latency", "connections")},
+    }
+    for name, server in servers.items():
+        assert server["error"] is None
+        got = {(p["scenario"], p["transport"]): p for p in server["phases"]}
+        assert set(got) == expected[name], name
+        for key, phase in got.items():
+            assert phase["complete"], (name, key, phase)
+            figures = phase["figures"]
+            if key[0] == "fanout":
+                assert figures["deliveries"] == 15 * 12
+                assert figures["server_cpu_us_per_delivery"] > 0
+            if key[0] == "latency":
+                assert figures["deliveries"] == 8 * 20
+                assert 0 <= figures["p50_ms"] <= figures["p99_ms"] < 1000
+            if "lost" in figures:
+                assert figures["lost"] == 0 and figures["duplicated"] == 0
+            if key[0] == "connections":
+                assert figures["still_open_after_idle"] == 30
+    md = (out / "comparison.md").read_text()
+    assert "bare Starlette on uvicorn" in md and "| — |" in md  # websockets has no SSE
+    assert "--servers starlette,websockets" in md  # the exact command
+
+
+async def test_fanout_with_the_dialect_against_the_bare_starlette_peer() -> None:
+    """In process: the raw clients speak the peer's dialect; every subscriber gets every
+    event exactly once, and the peer's CPU is measured from /proc."""
+    port = free_port()
+    cmd = [sys.executable, str(PEERS / "starlette_broadcast.py"), "--port", str(port)]
+    server = await asyncio.to_thread(spawn_command, cmd, port, name="starlette")
+    try:
+        assert server.pids and proc.cpu_seconds(server.pids) is not None
+        options = Options(subscribers=10, events=25, settle=0.1, phase_timeout=20)
+        bench = Bench(server, "unused", options, dialect=Dialect("starlette"))
+        for transport in ("websocket", "sse"):
+            phase = await bench.fanout(transport)
+            assert phase.complete, phase
+            assert phase.figures["deliveries"] == 250
+            assert phase.figures["lost"] == phase.figures["duplicated"] == 0
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+def test_peer_payload_carries_sequence_and_time() -> None:
+    body = Dialect("x").payload(41, 64)
+    assert len(body) == 64
+    m = PEER_ID_RE.search(body)
+    assert m is not None and int(m.group(2)) == 41 and int(m.group(1)) > 1_700_000_000_000
+    # it survives inside a Socket.IO event packet (no JSON escaping needed)
+    packet = b'42["m",' + json.dumps(body.decode()).encode() + b"]"
+    assert PEER_ID_RE.findall(packet) == [(m.group(1), m.group(2))]
+
+
+def test_unordered_tally_counts_distinct_sequence_numbers() -> None:
+    tally = Tally(3, ordered=False)
+    tally.add([(b"100", b"1"), (b"99", b"0"), (b"100", b"1")])
+    assert (tally.count, tally.dups) == (2, 1)
+    tally.add([(b"101", b"2")])
+    assert tally.count == 3 and tally.done.is_set()
+
+
+class Recorder:
+    """A stand-in transport: what the client wrote, unmasked."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        if data.startswith(b"GET "):
+            self.sent.append(data)
+            return
+        length = data[1] & 0x7F
+        mask, payload = data[2:6], data[6 : 6 + length]
+        self.sent.append(bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def server_frame(text: bytes) -> bytes:
+    if len(text) < 126:
+        return bytes((0x81, len(text))) + text
+    assert len(text) < 65536
+    return bytes((0x81, 126)) + len(text).to_bytes(2, "big") + text
+
+
+def upgraded(client: WSClient) -> Recorder:
+    transport = Recorder()
+    client.connection_made(transport)  # type: ignore[arg-type]
+    client.data_received(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n")
+    return transport
+
+
+async def test_socketio_handshake_pings_and_events() -> None:
+    target = Target("127.0.0.1", 1, "t", "", socketio("sio"))
+    tally = Tally(2, ordered=False)
+    client = WSClient(target, tally, "/socket.io/?EIO=4&transport=websocket&channel=c")
+    transport = upgraded(client)
+    assert transport.sent[0].startswith(b"GET /socket.io/?EIO=4&transport=websocket&channel=c ")
+    assert b"Authorization" not in transport.sent[0]
+    client.data_received(server_frame(b'0{"sid":"a","upgrades":[],"pingInterval":25000}'))
+    assert transport.sent[-1] == b"40"
+    assert not tally.subscribed.is_set()
+    client.data_received(server_frame(b'40{"sid":"b"}') + server_frame(b"2"))
+    assert tally.subscribed.is_set() and transport.sent[-1] == b"3"
+    client.data_received(
+        server_frame(b'42["m","@1764000000000-0@xx"]')
+        + server_frame(b'42["m","@1764000000001-1@"]')
+    )
+    assert tally.count == 2 and tally.done.is_set()
+
+
+async def test_pushsvc_client_asks_for_batch_framing_and_splits_messages() -> None:
+    target = Target("127.0.0.1", 1, "tok", "k", PUSHSVC)
+    tally = Tally(3)
+    client = WSClient(target, tally)
+    transport = upgraded(client)
+    assert transport.sent[0].startswith(b"GET /v1/ws?batch=1 HTTP/1.1")
+    assert b"Authorization: Bearer tok" in transport.sent[0]
+    frames: list[dict[str, Any]] = [
+        {"type": "subscribed", "cursor": "C0"},
+        {"type": "event", "channel": "c", "id": "1764000000000-1", "data": {"n": 0}},
+        {"type": "event", "channel": "c", "id": "1764000000000-2", "data": {"n": 1}},
+    ]
+    batch = "\n".join(json.dumps(f, separators=(",", ":")) for f in frames).encode()
+    client.data_received(server_frame(batch))
+    assert tally.subscribed.is_set() and tally.cursor == "C0"
+    assert (tally.count, tally.dups) == (2, 0)
+    one = {"type": "event", "channel": "c", "id": "1764000000001-0", "data": {"n": 2}}
+    client.data_received(server_frame(json.dumps(one, separators=(",", ":")).encode()))
+    assert tally.count == 3 and tally.done.is_set()
+
+
+def test_the_subscriber_paths_follow_the_dialect() -> None:
+    assert Dialect("x").path(Dialect("x").ws_path, "a b/c") == "/ws?channel=a%20b%2Fc"
+    assert socketio("s").transports == ("websocket",)
+    assert Dialect("x").transports == ("websocket", "sse")
+    assert PUSHSVC.transports == ("websocket", "sse", "long-polling")
+    assert WSSubscriber.transport_name == "websocket"
