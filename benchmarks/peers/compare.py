@@ -402,7 +402,8 @@ def markdown(meta: dict[str, Any], results: list[Result], plot: str | None) -> s
     out.append("")
     out.append(
         f"Fan-out: {o['subscribers']:,} subscribers x {o['events']:,} events on one channel, "
-        "published one at a time (each as soon as the previous publish was answered); "
+        f"published over {o['fanout_inflight']} connection(s), each sending its next event "
+        "as soon as its previous publish was answered; "
         "server CPU per delivered event. Latency: "
         f"{o['latency_subscribers']:,} subscribers, {o['rate']:g} events/s for "
         f"{o['duration']:g} s, p99 of publish → receive. Idle connections: "
@@ -586,6 +587,12 @@ def _log(message: str) -> None:
 @click.option("-c", "--connections", default=2000, show_default=True, help="idle connections.")
 @click.option("--idle-seconds", default=6.0, show_default=True)
 @click.option("--payload-bytes", default=64, show_default=True)
+@click.option(
+    "--fanout-inflight",
+    default=4,
+    show_default=True,
+    help="fanout: publishes in flight (a peer answers a publish after its fan-out).",
+)
 @click.option("--publishers", default=4, show_default=True, help="latency: publishing connections.")
 @click.option(
     "--phase-timeout", default=120.0, show_default=True, help="Seconds; bounds each phase."
@@ -625,6 +632,7 @@ def main(
     connections: int,
     idle_seconds: float,
     payload_bytes: int,
+    fanout_inflight: int,
     publishers: int,
     phase_timeout: float,
     backend: str,
@@ -657,6 +665,7 @@ def main(
         payload_bytes=payload_bytes,
         publishers=publishers,
         phase_timeout=phase_timeout,
+        fanout_inflight=fanout_inflight,
     )
     opts = {
         "backend": backend,

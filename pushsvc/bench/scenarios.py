@@ -50,6 +50,10 @@ class Options:
     publishers: int = 4
     payload_bytes: int = 64
     phase_timeout: float = 120.0
+    # fanout: publishes in flight (each on its own connection). 1: each event is published
+    # once the previous publish was answered. More keeps a server busy that answers a
+    # publish only after its fan-out (the comparison's peers) instead of idle in between.
+    fanout_inflight: int = 1
     connect_concurrency: int = 200
     settle: float = 0.3
 
@@ -276,6 +280,8 @@ class Bench:
         o = self.o
         n, k = o.subscribers, o.events
         phase = Phase("fanout", transport, {"subscribers": n, "events": k})
+        if o.fanout_inflight > 1:
+            phase.params["publishes_in_flight"] = o.fanout_inflight
         channel = self.channel("fanout", transport)
         latencies: array[float] = array("d")
         all_done = asyncio.Event()
@@ -292,23 +298,30 @@ class Bench:
             phase.notes.append(f"{failed} of {n} subscribers failed to connect")
             phase.complete = False
         await asyncio.sleep(o.settle)
-        publisher = await Publisher(self.target).open()
+        pubs = [await Publisher(self.target).open() for _ in range(max(1, o.fanout_inflight))]
         before = self.scrape()
         meter = Meter(self.server)
         deadline = time.monotonic() + o.phase_timeout
         meter.start()
         received = lambda: float(sum(s.tally.count for s in subs))  # noqa: E731
-        async with self.progress(f"{transport}: fanout deliveries", len(subs) * k, received):
-            for i in range(k):
-                if time.monotonic() > deadline:
-                    break
+        next_event = 0
+
+        async def publish_in_turn(publisher: Publisher) -> None:
+            nonlocal next_event
+            while next_event < k and time.monotonic() <= deadline:
+                i = next_event
+                next_event += 1
                 await publisher.publish(self.body(channel, i), channel)
+
+        async with self.progress(f"{transport}: fanout deliveries", len(subs) * k, received):
+            await asyncio.gather(*(publish_in_turn(p) for p in pubs))
             if not subs:
                 all_done.set()
             ok = await self.wait_until(all_done, deadline)
             meter.stop()
         after = self.scrape()
-        publisher.close()
+        for p in pubs:
+            p.close()
         await self.close_all(subs)
         phase.notes += subscriber_notes(subs)
         delivered = sum(s.tally.count for s in subs)
@@ -317,8 +330,9 @@ class Bench:
         meter.fill(phase)
         phase.timed_out = not ok
         phase.complete = phase.complete and ok and lost == 0 and dups == 0
-        if publisher.rejected:
-            phase.notes.append(f"{publisher.rejected} publishes were refused")
+        rejected = sum(p.rejected for p in pubs)
+        if rejected:
+            phase.notes.append(f"{rejected} publishes were refused")
         phase.figures = {
             "subscribers_connected": len(subs),
             "deliveries": delivered,
