@@ -116,6 +116,9 @@ async def _resume(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
             if waiting is None:
                 await asyncio.sleep(0)  # a bare ``yield``: it asked for one loop turn
             else:
+                # As Task.__step does: the future was yielded to us, not to a task, and
+                # still says so; awaiting it again requires the flag to be reset.
+                waiting._asyncio_future_blocking = False
                 try:
                     await waiting
                 except asyncio.CancelledError:
