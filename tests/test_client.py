@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import time
 import uuid
 from collections.abc import Callable
@@ -528,6 +529,42 @@ async def test_a_silent_connection_is_detected_and_resumed(
         recovered = time.monotonic() - dropped
     assert [i.id for i in items] == [first, during]
     assert 0.4 < recovered < 5  # ~2.5 heartbeats, then a reconnect
+
+
+@memory_only
+async def test_a_frozen_server_does_not_demote_sse(server_factory: Any) -> None:
+    """While the whole server is frozen (SIGSTOP), SSE gets no first byte and long-poll no
+    answer either: that is an outage, not a buffering proxy. The client backs off and comes
+    back on SSE, instead of demoting it and waiting for a re-probe on long-poll."""
+    server: Server = server_factory(heartbeat_interval=0.4)
+    channel = unique()
+    states = States()
+    async with Client(
+        server.url,
+        server.token(),
+        [channel],
+        transports=("sse", "long-polling"),
+        sse_first_byte_timeout=0.5,
+        connect_timeout=1.0,
+        backoff_base=0.1,
+        backoff_cap=0.5,
+        on_state=states,
+    ) as c:
+        await until(lambda: c.state == "connected")
+        first = await apublish(server, channel, 0)
+        items = await take(c, 1)
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGSTOP)
+        try:
+            # silence detected (1 s), then reconnects into the frozen server
+            await until(lambda: states.names().count(("connecting", None)) >= 3, timeout=10)
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+        after = await apublish(server, channel, 1)
+        items += await take(c, 1, timeout=10)
+        assert c.transport == "sse"
+    assert [i.id for i in items] == [first, after]
+    assert ("degraded", "long-polling") not in states.names()
 
 
 # --- gaps, rejections --------------------------------------------------------------------

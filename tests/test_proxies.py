@@ -383,22 +383,12 @@ async def test_silence_longer_than_the_heartbeat_is_detected_and_recovered(
     stack_factory: Any,
     make_client: Any,
     proxy_report: Any,
-    request: pytest.FixtureRequest,
 ) -> None:
     """The server process is frozen (SIGSTOP) for 5 s with heartbeat_interval=1: no FIN, no
     RST, the connection just goes quiet, as when a network path dies. The client must
     notice while it lasts (2.5 heartbeats + 0.5 s of silence; a long-poll request its own
     timeout + the same margin) and recover after it. A message published into the silence
     reaches the server twice (the frozen connection's copy and the resend): stored once."""
-    if (mode, client_kind) == ("no-upgrade", "python"):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="pushsvc.client demotes SSE when its first byte is late because the "
-                "server is unreachable (not because a proxy buffers) and stays on long-poll "
-                "until the next re-probe; it should check that the server answers first",
-            )
-        )
     stack: Stack = stack_factory(mode)
     client = await make_client(client_kind)
     options = {**FAST, "poll_timeout": 1.0}

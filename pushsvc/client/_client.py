@@ -11,6 +11,11 @@ Choices worth knowing:
   every yielded ``Event`` carries the cursor right after it on every transport (a
   long-poll answer has one cursor for a whole batch). Positions of channels that have
   had no event yet are seeded from the server's ``subscribed``/poll cursor.
+- **An outage is not a proxy**: a transport that times out opening (no SSE byte within
+  the window, a WebSocket handshake) is demoted only if the server answers a
+  ``negotiate`` meanwhile (``server_answers`` in ``_transports``); otherwise the server is
+  down or frozen, and the client backs off and retries the same transport (as
+  ``pushsvc.js`` does).
 - **Moving up** (re-probe): while on a fallback, a better transport is opened *beside*
   the current one, resuming from the current cursor; once it works the old one is closed.
   There is no moment without a connection, and the dedup absorbs the overlap.

@@ -12,6 +12,13 @@ first byte does not arrive within the window (the server writes a comment at onc
 silence means a buffering proxy), are ``Blocked``; refused connections, 5xx, 429 and 401
 (the token is checked again by the next negotiate) are ``Transient``.
 
+An outage is not a proxy: a frozen or overloaded server also withholds SSE's first byte
+and a WebSocket handshake. So when one times out, the client asks ``POST /v1/negotiate``
+(``server_answers``) while it keeps waiting: no answer is an outage (``Transient``: back
+off, retry the same transport). An answer that took ``d`` seconds gives the stream
+``0.1 + 2d`` seconds more (a server that was frozen answers both at once when it wakes
+up); only a stream still silent then is ``Blocked``.
+
 Liveness: every byte received counts; a connection silent for ``dead_after`` (a multiple
 of the server's heartbeat interval) is dead. The timer is paused while the sink applies
 backpressure, so a slow application is not mistaken for a dead server.
@@ -94,6 +101,48 @@ def classify_close(code: int, reason: str) -> Exception:
     return Transient(f"closed with {code} {reason}".strip(), reauth=code in (4401, 4402))
 
 
+async def server_answers(ctx: Context) -> float | None:
+    """Seconds the server took to answer ``POST /v1/negotiate`` (any status below 500:
+    a proxy's 502/504 means the server behind it is down), or ``None`` when it did not
+    answer within ``connect_timeout``."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        r = await ctx.http.post(
+            ctx.base_url + "/v1/negotiate", headers=ctx.auth, timeout=ctx.connect_timeout
+        )
+    except httpx.TransportError:
+        return None
+    return loop.time() - started if r.status_code < 500 else None
+
+
+async def first_or_outage(
+    ctx: Context, attempt: asyncio.Task[Any], window: float, what: str
+) -> Any:
+    """The result of ``attempt`` (opening a transport), which did not finish within its
+    ``window``: wait on while the server is asked whether it answers at all. Raises
+    ``Transient`` for an outage, ``Blocked`` when the server answers and ``attempt``
+    still does not finish soon after."""
+    check = asyncio.create_task(server_answers(ctx))
+    try:
+        await asyncio.wait({attempt, check}, return_when=asyncio.FIRST_COMPLETED)
+        if attempt.done():
+            return attempt.result()
+        latency = check.result()
+        if latency is None:
+            raise Transient(
+                f"{what}: no answer within {window:g} s, and the server does not answer"
+            )
+        done, _ = await asyncio.wait({attempt}, timeout=0.1 + 2 * latency)
+        if attempt in done:
+            return attempt.result()
+        raise Blocked(f"{what}: nothing within {window:g} s while the server answers")
+    finally:
+        check.cancel()
+        with contextlib.suppress(BaseException):
+            await check
+
+
 def _detail(body: bytes) -> str:
     try:
         obj = json.loads(body)
@@ -173,25 +222,20 @@ class WebSocketConnection(Connection):
 
     async def open(self) -> None:
         ctx = self.ctx
+        handshake = asyncio.create_task(self._handshake())
         try:
-            self.ws = await connect(
-                self._ws_url(),
-                additional_headers=ctx.auth,
-                open_timeout=ctx.connect_timeout,
-                ping_interval=None,  # the server's app-level heartbeats tell liveness
-                compression=None,  # the server does not deflate (memory per connection)
-                max_size=max(ctx.max_frame_bytes * 2, 1 << 20),
-                close_timeout=1,
-            )
-        except InvalidStatus as exc:
-            status = exc.response.status_code
-            if status in (429, 401) or status >= 500:
-                raise Transient(f"WebSocket upgrade: HTTP {status}", reauth=status == 401) from exc
-            raise Blocked(f"WebSocket upgrade answered with HTTP {status}") from exc
-        except (InvalidHandshake, TimeoutError) as exc:
-            raise Blocked(f"WebSocket handshake failed: {exc}") from exc
-        except OSError as exc:
-            raise Transient(f"WebSocket connect: {exc!r}") from exc
+            done, _ = await asyncio.wait({handshake}, timeout=ctx.connect_timeout)
+            if handshake in done:
+                self.ws = handshake.result()
+            else:  # a proxy that holds the handshake, or a server that does not answer
+                self.ws = await first_or_outage(
+                    ctx, handshake, ctx.connect_timeout, "WebSocket handshake"
+                )
+        finally:
+            if not handshake.done():
+                handshake.cancel()
+                with contextlib.suppress(BaseException):
+                    await handshake
         ws = self.ws
         subscribe = {"type": "subscribe", "channels": ctx.channels}
         cursor = self.sink.resume_cursor()
@@ -207,6 +251,28 @@ class WebSocketConnection(Connection):
             raise self._closed(exc) from exc
         except TimeoutError as exc:
             raise Transient("WebSocket: no answer to subscribe") from exc
+
+    async def _handshake(self) -> ClientConnection:
+        ctx = self.ctx
+        try:
+            return await connect(
+                self._ws_url(),
+                additional_headers=ctx.auth,
+                open_timeout=None,  # timed by open()
+                ping_interval=None,  # the server's app-level heartbeats tell liveness
+                compression=None,  # the server does not deflate (memory per connection)
+                max_size=max(ctx.max_frame_bytes * 2, 1 << 20),
+                close_timeout=1,
+            )
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            if status in (429, 401) or status >= 500:
+                raise Transient(f"WebSocket upgrade: HTTP {status}", reauth=status == 401) from exc
+            raise Blocked(f"WebSocket upgrade answered with HTTP {status}") from exc
+        except InvalidHandshake as exc:
+            raise Blocked(f"WebSocket handshake failed: {exc}") from exc
+        except OSError as exc:
+            raise Transient(f"WebSocket connect: {exc!r}") from exc
 
     async def run(self) -> None:
         ws = self.ws
@@ -304,24 +370,34 @@ class SSEConnection(Connection):
             timeout=httpx.Timeout(ctx.connect_timeout, read=None),
         )
         window = ctx.sse_first_byte_timeout
-        deadline = asyncio.get_running_loop().time() + window
+        attempt = asyncio.create_task(self._first_byte(request))
         try:
-            async with asyncio.timeout_at(deadline):
-                self.response = response = await ctx.streams.send(request, stream=True)
-                if response.status_code != 200:
-                    body = await response.aread()
-                    raise classify_status(response.status_code, _detail(body), "SSE")
-                if not response.headers.get("content-type", "").startswith("text/event-stream"):
-                    raise Blocked("SSE answered with " + response.headers.get("content-type", "?"))
-                self.chunks = response.aiter_bytes()
-                first = await anext(self.chunks)
-        except TimeoutError as exc:
-            raise Blocked(f"SSE: no first byte within {window:g} s (buffering proxy?)") from exc
+            done, _ = await asyncio.wait({attempt}, timeout=window)
+            if attempt in done:
+                first = attempt.result()
+            else:  # a buffering proxy, or a server that does not answer at all
+                first = await first_or_outage(ctx, attempt, window, "SSE first byte")
+        finally:
+            if not attempt.done():
+                attempt.cancel()
+                with contextlib.suppress(BaseException):
+                    await attempt
+        await self._feed(first)
+
+    async def _first_byte(self, request: httpx.Request) -> bytes:
+        try:
+            self.response = response = await self.ctx.streams.send(request, stream=True)
+            if response.status_code != 200:
+                body = await response.aread()
+                raise classify_status(response.status_code, _detail(body), "SSE")
+            if not response.headers.get("content-type", "").startswith("text/event-stream"):
+                raise Blocked("SSE answered with " + response.headers.get("content-type", "?"))
+            self.chunks = response.aiter_bytes()
+            return await anext(self.chunks)
         except StopAsyncIteration as exc:
             raise Transient("SSE stream ended at once") from exc
         except httpx.TransportError as exc:
             raise Transient(f"SSE: {exc!r}") from exc
-        await self._feed(first)
 
     async def run(self) -> None:
         assert self.chunks is not None
