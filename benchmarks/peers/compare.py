@@ -53,7 +53,7 @@ from pushsvc.auth import Authenticator
 from pushsvc.bench import proc, report
 from pushsvc.bench.cli import _git_describe, _loadavg, _raise_fd_limit
 from pushsvc.bench.dialects import PUSHSVC, Dialect, socketio
-from pushsvc.bench.scenarios import SATURATED, Bench, Options, Phase
+from pushsvc.bench.scenarios import CONTENDED, SATURATED, Bench, Options, Phase
 from pushsvc.bench.server import (
     ServerUnderTest,
     delete_redis_prefix,
@@ -494,6 +494,25 @@ def markdown(meta: dict[str, Any], results: list[Result], plot: str | None) -> s
         )
     else:
         out.append(f"The generator stayed below {SATURATED:.0%} of a core in every phase.")
+    contended = [
+        f"{r.peer.name} {p.scenario}/{p.transport} ({p.server_core_busy:.0%} busy, "
+        f"server {p.server_cpu or 0:.0%})"
+        for r in results
+        for p in r.phases
+        if p.server_core_busy is not None and p.server_core_busy - (p.server_cpu or 0.0) > CONTENDED
+    ]
+    out.append("")
+    if contended:
+        out.append(
+            "**Other work competed with the server on its core** (busy time that was not the "
+            "server's above " + f"{CONTENDED:.0%}) in: " + ", ".join(contended) + ". Latency "
+            "and rates there are pessimistic; rerun on a quiet machine."
+        )
+    else:
+        out.append(
+            "No phase saw other work on the server's core above "
+            f"{CONTENDED:.0%} of it (column *server core busy* in comparison.json)."
+        )
     out.append("")
     if incomplete:
         out.append("**Incomplete phases**: " + ", ".join(incomplete) + " (see the notes above).")

@@ -56,6 +56,21 @@ def _stat_cpu(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def core_busy_seconds(cpu: int) -> float | None:
+    """Seconds core ``cpu`` spent busy (not idle nor waiting for I/O), all processes and
+    interrupts together, from ``/proc/stat``."""
+    try:
+        for line in (PROC / "stat").read_text().splitlines():
+            if line.startswith(f"cpu{cpu} "):
+                fields = [int(x) for x in line.split()[1:]]
+                idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+                # guest time is already counted in user time
+                return (sum(fields[:8]) - idle) / _TICK
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def rss_bytes(pids: list[int]) -> int | None:
     total = 0
     for pid in pids:

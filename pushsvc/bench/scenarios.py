@@ -25,11 +25,13 @@ from typing import Any
 
 import httpx
 
+from pushsvc.bench import proc
 from pushsvc.bench.dialects import PUSHSVC, Dialect
 from pushsvc.bench.server import ServerUnderTest
 from pushsvc.bench.wire import SUBSCRIBERS, Publisher, Subscriber, Tally, Target
 
 SATURATED = 0.9  # generator CPU, fraction of one core
+CONTENDED = 0.15  # busy time on the server's core that is not the server's
 SCENARIOS = ("fanout", "latency", "connections", "resume", "publish")
 TRANSPORTS = ("websocket", "sse", "long-polling")
 
@@ -68,6 +70,8 @@ class Phase:
     timed_out: bool = False
     generator_cpu: float | None = None  # fraction of one core during the measured part
     server_cpu: float | None = None  # fraction of one core during the measured part
+    # the pinned server's core: busy fraction, whoever used it (other work competes there)
+    server_core_busy: float | None = None
     notes: list[str] = field(default_factory=list)
     elapsed: float | None = None  # the whole phase, setup included
     latencies_ms: array[float] | None = None  # not serialized
@@ -87,6 +91,7 @@ class Phase:
             "generator_cpu": _round(self.generator_cpu),
             "generator_saturated": self.saturated,
             "server_cpu": _round(self.server_cpu),
+            "server_core_busy": _round(self.server_core_busy),
             "notes": self.notes,
             "elapsed_s": _round(self.elapsed, 2),
         }
@@ -104,14 +109,19 @@ class Meter:
         self.wall = 0.0
         self.gen_cpu = 0.0
         self.server_cpu: float | None = None
+        self.core_busy: float | None = None
 
     def start(self) -> None:
         self._t0 = time.perf_counter()
         self._g0 = time.process_time()
         self._s0 = self.server.cpu_seconds()
+        self._c0 = None if self.server.cpu is None else proc.core_busy_seconds(self.server.cpu)
 
     def stop(self) -> None:
         s1 = self.server.cpu_seconds()
+        if self.server.cpu is not None and self._c0 is not None:
+            c1 = proc.core_busy_seconds(self.server.cpu)
+            self.core_busy = None if c1 is None else c1 - self._c0
         self.gen_cpu = time.process_time() - self._g0
         self.wall = time.perf_counter() - self._t0
         if s1 is not None and self._s0 is not None:
@@ -122,6 +132,15 @@ class Meter:
             phase.generator_cpu = self.gen_cpu / self.wall
             if self.server_cpu is not None:
                 phase.server_cpu = self.server_cpu / self.wall
+            if self.core_busy is not None:
+                phase.server_core_busy = min(1.0, self.core_busy / self.wall)
+                other = phase.server_core_busy - (phase.server_cpu or 0.0)
+                if other > CONTENDED:
+                    phase.notes.append(
+                        f"the server's core was {phase.server_core_busy:.0%} busy, the server "
+                        f"used {phase.server_cpu or 0:.0%}: other work (processes, "
+                        "interrupts) competed with it"
+                    )
 
 
 def percentiles(values: array[float] | list[float]) -> dict[str, float | None]:
