@@ -158,6 +158,46 @@ async def test_json_and_binary_events_on_each_native_transport(
     assert {e["transport"] for e in browser_client.events} == {transport}
 
 
+async def test_websocket_asks_for_batches_and_delivers_a_burst_once_in_order(
+    proxied: tuple[Server, Nginx], browser_client: BrowserClient
+) -> None:
+    """``/v1/ws?batch=1``: a burst reaches the client as text messages holding several
+    frames separated by "\\n"; each frame is handled, in order."""
+    server, proxy = proxied
+    await browser_client.start(
+        proxy.url, server.token(), ["burst"], transports=["websocket"], **FAST
+    )
+    assert await browser_client.wait_connected() == "websocket"
+    # Watch the next WebSocket: close this one, the client reconnects (and resumes).
+    page = browser_client.page
+    assert page is not None
+    urls: list[str] = []
+    texts: list[str] = []
+
+    def watch(ws: Any) -> None:
+        urls.append(ws.url)
+        ws.on("framereceived", lambda p: texts.append(p) if isinstance(p, str) else None)
+
+    page.on("websocket", watch)
+    await browser_client._eval("() => window.client._active.ws.close()")
+    await wait_until(lambda: bool(urls), 10, "a new WebSocket")
+    await wait_until(lambda: any('"subscribed"' in t for t in texts), 10, "the resubscription")
+    published: list[str] = []
+    async with httpx.AsyncClient(headers=server.api_headers) as http:
+        for _ in range(3):  # at most 100 messages per publish
+            burst = [{"channel": "burst", "data": {"n": n, "s": "a\nb"}} for n in range(100)]
+            r = await http.post(server.url + "/v1/publish", json={"messages": burst})
+            r.raise_for_status()
+            published += [str(e["id"]) for e in r.json()["results"]]
+    await wait_until(lambda: len(ids(browser_client, "burst")) >= 300, 15, "the burst")
+    await asyncio.sleep(0.2)
+    assert ids(browser_client, "burst") == published
+    assert [e["data"]["n"] for e in browser_client.events] == list(range(100)) * 3
+    assert all(e["data"]["s"] == "a\nb" for e in browser_client.events)
+    assert "batch=1" in urls[0].split("?", 1)[1].split("&")
+    assert any("\n" in t for t in texts), "the server batched nothing: no test of the split"
+
+
 async def test_a_refused_token_closes_the_client_with_the_reason(
     proxied: tuple[Server, Nginx], browser_client: BrowserClient
 ) -> None:

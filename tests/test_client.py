@@ -567,6 +567,81 @@ async def test_a_frozen_server_does_not_demote_sse(server_factory: Any) -> None:
     assert ("degraded", "long-polling") not in states.names()
 
 
+class _Recorder:
+    """A connection sink that records what the connection hands over."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, Any]] = []
+        self.seeds: list[str | None] = []
+
+    def event(self, channel: str, name: str, event_id: str, data: Any) -> None:
+        self.events.append((channel, event_id, data))
+
+    def gap(self, channel: str, after: str, until: str) -> None: ...
+    def seed(self, cursor: str | None) -> None:
+        self.seeds.append(cursor)
+
+    def acked(self, msg_id: str, event_id: str) -> None: ...
+    def rejected(self, msg_id: str, exc: BaseException) -> None: ...
+    def retry_later(self, msg_id: str) -> None: ...
+    def resume_cursor(self) -> str | None:
+        return None
+
+    async def room(self) -> None: ...
+
+
+async def test_websocket_asks_for_batches_and_handles_every_frame_of_a_message() -> None:
+    """``/v1/ws?batch=1``: several JSON frames in one text message, separated by "\\n"
+    (a JSON string may hold an escaped newline); binary messages are single frames."""
+    from websockets.asyncio.server import ServerConnection, serve
+
+    from pushsvc.client._transports import Context, WebSocketConnection
+
+    def event(n: int, data: Any) -> dict[str, Any]:
+        return {"type": "event", "channel": "c", "event": "m", "id": f"1-{n}", "data": data}
+
+    paths: list[str] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        assert ws.request is not None
+        paths.append(ws.request.path)
+        assert json.loads(await ws.recv())["type"] == "subscribe"
+        frames = [{"type": "subscribed", "cursor": "cur-0"}, event(0, "a\nb"), event(1, 1)]
+        await ws.send("\n".join(json.dumps(f) for f in frames))
+        await ws.send(json.dumps(event(2, None)).encode() + b"\nraw\nbytes")
+        await ws.send(json.dumps({"type": "heartbeat"}) + "\n" + json.dumps(event(3, [3])))
+        await ws.send(json.dumps(event(4, {"n": 4})))
+        await ws.wait_closed()
+
+    async with (
+        serve(handler, "127.0.0.1", 0) as server,
+        httpx.AsyncClient() as http,
+        httpx.AsyncClient() as streams,
+    ):
+        port = server.sockets[0].getsockname()[1]
+        ctx = Context(f"http://127.0.0.1:{port}", ["c"], http, streams, token="t")
+        sink = _Recorder()
+        conn = WebSocketConnection(ctx, sink)
+        await conn.open()
+        assert sink.seeds == ["cur-0"]
+        run = asyncio.create_task(conn.run())
+        try:
+            await until(lambda: len(sink.events) == 5, timeout=5)
+        finally:
+            run.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await run
+            await conn.close()
+    assert urlsplit(paths[0]).query == "batch=1"
+    assert sink.events == [
+        ("c", "1-0", "a\nb"),
+        ("c", "1-1", 1),
+        ("c", "1-2", b"raw\nbytes"),
+        ("c", "1-3", [3]),
+        ("c", "1-4", {"n": 4}),
+    ]
+
+
 # --- gaps, rejections --------------------------------------------------------------------
 
 

@@ -34,6 +34,7 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
@@ -218,7 +219,11 @@ class WebSocketConnection(Connection):
 
     def _ws_url(self) -> str:
         url = self.ctx.url("websocket", "/v1/ws")
-        return "ws" + url.removeprefix("http") if url.startswith("http") else url
+        url = "ws" + url.removeprefix("http") if url.startswith("http") else url
+        # batch=1: the server may put several frames into one text message (_message)
+        parts = urlsplit(url)
+        query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "batch"]
+        return urlunsplit(parts._replace(query=urlencode([*query, ("batch", "1")])))
 
     async def open(self) -> None:
         ctx = self.ctx
@@ -245,7 +250,7 @@ class WebSocketConnection(Connection):
             await ws.send(json.dumps(subscribe))
             async with asyncio.timeout(ctx.connect_timeout):
                 while True:
-                    if await self._handle(await ws.recv()) == "subscribed":
+                    if "subscribed" in await self._message(await ws.recv()):
                         return
         except ConnectionClosed as exc:
             raise self._closed(exc) from exc
@@ -282,15 +287,23 @@ class WebSocketConnection(Connection):
         try:
             async with asyncio.timeout(dead_after) as timer:
                 while True:
-                    frame = await ws.recv()
+                    message = await ws.recv()
                     timer.reschedule(None)
-                    await self._handle(frame)
+                    await self._message(message)
                     timer.reschedule(loop.time() + dead_after)
         except ConnectionClosed as exc:
             raise self._closed(exc) from exc
         except TimeoutError as exc:
             self.silent = True
             raise Transient(f"WebSocket silent for {dead_after:g} s", silent=True) from exc
+
+    async def _message(self, message: str | bytes) -> list[str]:
+        """Handle the frames of one message in order; answer their types. With ``batch=1``
+        a text message holds one or more JSON frames separated by ``"\\n"`` (JSON text has
+        no raw newline); a binary message is one frame and is never batched."""
+        if isinstance(message, bytes):
+            return [await self._handle(message)]
+        return [await self._handle(part) for part in message.split("\n") if part]
 
     async def _handle(self, frame: str | bytes) -> str:
         if isinstance(frame, bytes):

@@ -202,7 +202,8 @@ class WebSocketConnection extends Connection {
     const c = this.client;
     let ws;
     try {
-      ws = new WebSocket(c._endpoint("/v1/ws", { token: c._tokenValue }, true));
+      // batch=1: the server may put several frames into one text message (see below)
+      ws = new WebSocket(c._endpoint("/v1/ws", { token: c._tokenValue, batch: 1 }, true));
     } catch (e) {
       this._end({ message: `websocket could not start: ${e.message}` });
       return;
@@ -213,18 +214,21 @@ class WebSocketConnection extends Connection {
       ws.send(JSON.stringify({ type: "subscribe", channels: c.channels, cursor: cursor || null }));
     };
     ws.onmessage = (m) => {
-      let frame;
+      let frames;
       try {
-        frame = parseWebSocketFrame(m.data);
+        frames = parseWebSocketMessage(m.data);
       } catch {
         this._end({ message: "websocket frame could not be parsed" });
         return;
       }
-      if (frame.type === "error" && frame.op === "subscribe") {
-        this._end({ message: `subscribe refused: ${frame.detail}`, status: frame.status, fatal: true });
-        return;
+      for (const frame of frames) {
+        if (this.closed) return;
+        if (frame.type === "error" && frame.op === "subscribe") {
+          this._end({ message: `subscribe refused: ${frame.detail}`, status: frame.status, fatal: true });
+          return;
+        }
+        this._frame(frame);
       }
-      this._frame(frame);
     };
     ws.onclose = (e) => {
       const opened = this.ready ? "" : " before subscribing";
@@ -257,13 +261,21 @@ class WebSocketConnection extends Connection {
   }
 }
 
-function parseWebSocketFrame(data) {
-  if (typeof data === "string") return JSON.parse(data);
+// The frames of one WebSocket message, in order. With batch=1 a text message holds one or
+// more JSON frames separated by "\n" (JSON text never contains a raw newline); a binary
+// message is one frame (a JSON header, "\n", the raw payload) and is never batched.
+function parseWebSocketMessage(data) {
+  if (typeof data === "string") {
+    return data
+      .split("\n")
+      .filter((part) => part !== "")
+      .map((part) => JSON.parse(part));
+  }
   const bytes = new Uint8Array(data);
   const nl = bytes.indexOf(10);
   const head = JSON.parse(new TextDecoder().decode(bytes.subarray(0, nl)));
   head.data = bytes.slice(nl + 1);
-  return head;
+  return [head];
 }
 
 class SSEConnection extends Connection {
