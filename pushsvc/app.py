@@ -20,6 +20,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
 
 from pushsvc import api
 from pushsvc.auth import Authenticator
@@ -32,8 +33,8 @@ from pushsvc.logs import install_redaction
 from pushsvc.metrics import metrics_endpoint
 from pushsvc.settings import Settings
 from pushsvc.transports.longpoll import poll_endpoint
-from pushsvc.transports.sse import sse_endpoint
-from pushsvc.transports.websocket import WebSocketTransport
+from pushsvc.transports.sse import serve_sse, sse_endpoint
+from pushsvc.transports.websocket import WebSocketTransport, serve_websocket
 
 log = logging.getLogger("pushsvc")
 
@@ -89,7 +90,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 max_age=600,
             )
         )
-    app = Starlette(
+    app = PushApp(
         routes=routes,
         middleware=middleware,
         lifespan=lifespan,
@@ -99,6 +100,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Exception: unexpected_error_handler,
         },
     )
+    app.direct_sse = not settings.cors_origins
     app.state.settings = settings
     app.state.auth = Authenticator(settings.secrets, settings.api_keys)
     app.state.backend = backend
@@ -109,6 +111,42 @@ def create_app(settings: Settings | None = None) -> Starlette:
         settings.api_key_publish_rate, settings.api_key_publish_burst
     )
     return app
+
+
+class PushApp(Starlette):
+    """Starlette, with the long-lived endpoints dispatched before the middleware stack.
+
+    A WebSocket or SSE connection otherwise keeps a frame of every middleware and of the
+    router alive for as long as it is open (about 2-3 KB each). Neither needs them: both
+    transports answer their own errors (problem bodies, close codes). SSE goes through
+    the stack when CORS is configured, which it needs. Every other request, and these
+    paths with another method, take the normal route."""
+
+    direct_sse = True
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "websocket" or (kind == "http" and self.direct_sse):
+            path = _route_path(scope)
+            if kind == "websocket" and path == "/v1/ws":
+                scope["app"] = self
+                await serve_websocket(scope, receive, send)
+                return
+            if kind == "http" and path == "/v1/sse" and scope["method"] == "GET":
+                scope["app"] = self
+                await serve_sse(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
+def _route_path(scope: Scope) -> str:
+    """The path inside this app when it is mounted under a prefix (``root_path``), as
+    Starlette's router computes it."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] == "/":
+        return path[len(root) :]
+    return path
 
 
 def _static_route(name: str, media_type: str) -> Route:

@@ -4,10 +4,12 @@ Every ``serve`` flag is also a ``PUSHSVC_*`` environment variable named after th
 ``Settings`` field it sets (lists comma-separated); settings without a flag are read from
 the environment by ``Settings.from_env``.
 
-uvicorn runs with ``ws="websockets-sansio"`` and ``ws_per_message_deflate=False``: its
-default WebSocket stack negotiates permessage-deflate at zlib defaults, about 300 KiB of
-compressor state per connection, for frames that are small JSON; the sans-I/O stack also
-sends no protocol pings (pushsvc's heartbeats are app frames that browsers can see).
+uvicorn runs with uvicorn's sans-I/O WebSocket stack (``pushsvc._uvicorn``: it forgets the
+handshake once accepted) and ``ws_per_message_deflate=False``: the default negotiates
+permessage-deflate at zlib defaults, about 300 KiB of compressor state per connection,
+for frames that are small JSON. uvicorn's protocol pings (every 20 s, closing a
+connection whose pong is 20 s late) find dead peers; pushsvc's heartbeats are app frames
+that browsers and proxies see.
 
 Shutdown: uvicorn waits for every open HTTP response before it runs the lifespan
 shutdown, and an SSE stream never ends by itself. ``GracefulServer`` therefore closes the
@@ -35,6 +37,7 @@ import httpx
 import uvicorn
 
 from pushsvc.__version__ import __version__
+from pushsvc._uvicorn import WS_PROTOCOL
 from pushsvc.bench import bench
 from pushsvc.exceptions import ConfigError
 from pushsvc.settings import Settings
@@ -185,7 +188,7 @@ def serve(
     common: dict[str, Any] = {
         "host": host,
         "port": port,
-        "ws": "websockets-sansio",
+        "ws": WS_PROTOCOL,
         "ws_per_message_deflate": False,
         "ws_max_size": settings.max_frame_bytes,
         "log_level": log_level,

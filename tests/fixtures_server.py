@@ -80,7 +80,7 @@ class Server:
             "--port",
             str(self.port),
             "--ws",
-            "websockets-sansio",
+            "pushsvc._uvicorn:LeanWebSocketProtocol",
             "--log-level",
             self.log_level,
         ]

@@ -23,6 +23,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from pushsvc.errors import push_error_handler
+from pushsvc.exceptions import PushError
 from pushsvc.protocol import codes, frames
 from pushsvc.session import Session
 from pushsvc.transports._common import Opening, open_request, state
@@ -36,6 +38,25 @@ SSE_HEADERS = {
     "X-Accel-Buffering": "no",
     "Connection": "keep-alive",
 }
+_RAW_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8")] + [
+    (k.lower().encode(), v.encode()) for k, v in SSE_HEADERS.items()
+]
+
+
+async def serve_sse(scope: Scope, receive: Receive, send: Send) -> None:
+    """``GET /v1/sse`` as a plain ASGI app (``pushsvc.app`` dispatches to it directly
+    when no CORS middleware is configured): the connection then holds no frames of the
+    routing and middleware stack for as long as the stream is open."""
+    response = await _open_sse(scope, receive)
+    await response(scope, receive, send)
+
+
+async def _open_sse(scope: Scope, receive: Receive) -> Response:
+    request = Request(scope, receive)
+    try:
+        return await sse_endpoint(request)
+    except PushError as exc:
+        return await push_error_handler(request, exc)
 
 
 async def sse_endpoint(request: Request) -> Response:
@@ -56,11 +77,9 @@ class SSEStream(Response):
         # no Content-Length: the body is endless
         self.status_code = 200
         self.background = None
-        self.raw_headers = [(b"content-type", b"text/event-stream; charset=utf-8")] + [
-            (k.lower().encode(), v.encode()) for k, v in SSE_HEADERS.items()
-        ]
+        self.raw_headers = _RAW_HEADERS  # copied when sent: middleware may add to them
         settings, hub, _ = state(request.scope)
-        self.opening = opening
+        self.opening: Opening | None = opening
         self.session = Session(hub, opening.principal, SSEWire())
         self.retry_ms = settings.sse_retry_ms
 
@@ -68,7 +87,9 @@ class SSEStream(Response):
         session = self.session
         hub = session.hub
         hub.register(session)
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": list(self.raw_headers)}
+        )
         await send(
             {
                 "type": "http.response.body",
@@ -81,11 +102,14 @@ class SSEStream(Response):
             # The hub writes the stream; this task subscribes (replaying history at the
             # writer's pace), then waits for the end: the client's disconnect, or the
             # last chunk of a stream the server closed (uvicorn then reports one too).
+            opening, self.opening = self.opening, None  # not needed once subscribed
+            assert opening is not None, "an SSEStream is served once"
             try:
-                await session.subscribe(self.opening.channels, self.opening.positions)
+                await session.subscribe(opening.channels, opening.positions)
             except Exception as exc:
                 log.warning("SSE subscribe failed: %s", exc)
                 session.close(codes.WS_1011_INTERNAL_ERROR, "subscribe failed; retry")
+            del opening
             while (await receive())["type"] != "http.disconnect":
                 pass
         finally:

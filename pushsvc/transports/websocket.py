@@ -19,6 +19,7 @@ Requests that fail (a forbidden subscribe, a publish over the rate) are answered
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -35,6 +36,7 @@ from pushsvc.metrics import TransportStats
 from pushsvc.protocol import client_frames, codes
 from pushsvc.protocol.frames import ws_control
 from pushsvc.session import Session
+from pushsvc.settings import Settings
 from pushsvc.transports._common import check_origin, limit_publish, positions_from, state
 from pushsvc.transports._writer import Writer
 from pushsvc.wires import Frame, WebSocketWire
@@ -50,12 +52,24 @@ class WebSocketTransport:
 
 
 async def serve_websocket(scope: Scope, receive: Receive, send: Send) -> None:
+    # This frame lives as long as the connection: the handshake's objects (headers,
+    # query, the connect message) stay in ``_open``'s frame, which is gone by then.
+    conn = await _open(scope, receive, send)
+    if conn is None:
+        return
+    try:
+        await conn.read(receive)
+    finally:
+        conn.release()
+
+
+async def _open(scope: Scope, receive: Receive, send: Send) -> _Connection | None:
     settings, hub, auth = state(scope)
     headers = Headers(scope=scope)
     query = QueryParams(scope.get("query_string", b""))
     message = await receive()
     if message["type"] != "websocket.connect":
-        return
+        return None
     try:
         check_origin(headers.get("origin"), headers.get("host"), settings.allowed_origins)
         principal = auth.verify(credential_from(headers, query))
@@ -64,18 +78,12 @@ async def serve_websocket(scope: Scope, receive: Receive, send: Send) -> None:
     except PushError as exc:
         hub.metrics.error(exc)
         await _deny(scope, send, exc)
-        return
+        return None
     await send({"type": "websocket.accept"})
     session = Session(hub, principal, WebSocketWire())
     session.writer = WebSocketWriter(send, hub.metrics.websocket, query.get("batch") == "1")
     hub.register(session)
-    conn = _Connection(session, settings.max_frame_bytes, auth, scope)
-    try:
-        await conn.read(receive)
-    finally:
-        for task in list(conn.tasks):
-            task.cancel()
-        session.release()
+    return _Connection(session, auth, scope)
 
 
 class WebSocketWriter(Writer):
@@ -129,20 +137,35 @@ async def _deny(scope: Scope, send: Send, exc: PushError) -> None:
         await send({"type": "websocket.close", "code": exc.close_code, "reason": exc.detail[:120]})
 
 
+@functools.lru_cache(maxsize=16)
+def _limits(settings: Settings) -> client_frames.Limits:
+    return client_frames.Limits(
+        max_channels=settings.max_channels_per_session,
+        max_channel_length=settings.max_channel_length,
+        max_event_name_length=settings.max_event_name_length,
+        max_payload_bytes=settings.max_publish_bytes,
+    )
+
+
 class _Connection:
-    def __init__(self, session: Session, max_frame: int, auth: Authenticator, scope: Scope) -> None:
+    """The reader's state. Kept small: one lives as long as each connection."""
+
+    __slots__ = ("_catching_up", "auth", "limits", "max_frame", "scope", "session", "tasks")
+
+    def __init__(self, session: Session, auth: Authenticator, scope: Scope) -> None:
         self.session = session
         self.auth = auth
         self.scope = scope
-        self.max_frame = max_frame
-        self.limits = client_frames.Limits(
-            max_channels=session.hub.settings.max_channels_per_session,
-            max_channel_length=session.hub.settings.max_channel_length,
-            max_event_name_length=session.hub.settings.max_event_name_length,
-            max_payload_bytes=session.hub.settings.max_publish_bytes,
-        )
-        self.tasks: set[asyncio.Task[None]] = set()
-        self._catching_up = asyncio.Lock()
+        self.limits = _limits(session.hub.settings)
+        self.max_frame = session.hub.settings.max_frame_bytes
+        # created on first use: most connections never replay history
+        self.tasks: set[asyncio.Task[None]] | None = None
+        self._catching_up: asyncio.Lock | None = None
+
+    def release(self) -> None:
+        for task in list(self.tasks or ()):
+            task.cancel()
+        self.session.release()
 
     async def read(self, receive: Receive) -> None:
         """Read client frames until the connection ends. After the session closed (an
@@ -222,6 +245,8 @@ class _Connection:
             self._spawn(self._catch_up(new, positions))
 
     async def _catch_up(self, new: list[str], positions: dict[str, Any]) -> None:
+        if self._catching_up is None:
+            self._catching_up = asyncio.Lock()
         async with self._catching_up:
             try:
                 await self.session.catch_up(new, positions)
@@ -268,5 +293,7 @@ class _Connection:
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
+        if self.tasks is None:
+            self.tasks = set()
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
