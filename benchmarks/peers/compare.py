@@ -499,7 +499,9 @@ def markdown(meta: dict[str, Any], results: list[Result], plot: str | None) -> s
         f"server {p.server_cpu or 0:.0%})"
         for r in results
         for p in r.phases
-        if p.server_core_busy is not None and p.server_core_busy - (p.server_cpu or 0.0) > CONTENDED
+        if p.scenario != "connections"  # RSS does not depend on it
+        and p.server_core_busy is not None
+        and p.server_core_busy - (p.server_cpu or 0.0) > CONTENDED
     ]
     out.append("")
     if contended:
@@ -549,7 +551,8 @@ def plot(out: Path, results: list[Result]) -> str:
             values = []
             for r in results:
                 p = r.phase(scenario, transport)
-                values.append(0.0 if p is None else float(p.figures.get(key) or 0.0))
+                value = None if p is None else p.figures.get(key)
+                values.append(float(value) if value else (1e-3 if scenario == "latency" else 0.0))
             bars = ax.barh(ys, values, height=height, color=color, label=transport)
             for bar, v, r in zip(bars, values, results, strict=True):
                 p = r.phase(scenario, transport)
@@ -564,6 +567,8 @@ def plot(out: Path, results: list[Result]) -> str:
                     va="center",
                     fontsize=8,
                 )
+        if scenario == "latency":
+            ax.set_xscale("log")  # tens of ms to seconds
         ax.set_yticks(range(len(names)), names)
         ax.invert_yaxis()
         ax.set_title(title, fontsize=10)
