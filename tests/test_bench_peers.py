@@ -15,10 +15,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pushsvc.auth import Authenticator
 from pushsvc.bench import proc
-from pushsvc.bench.dialects import PEER_ID_RE, PUSHSVC, Dialect, socketio
+from pushsvc.bench.dialects import PEER_ID_RE, PUSHSVC, PUSHSVC_AS_PEER, Dialect, socketio
 from pushsvc.bench.scenarios import Bench, Options
-from pushsvc.bench.server import free_port, spawn_command
+from pushsvc.bench.server import free_port, spawn, spawn_command
 from pushsvc.bench.wire import Tally, Target, WSClient, WSSubscriber
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,6 +87,25 @@ async def test_fanout_with_the_dialect_against_the_bare_starlette_peer() -> None
             assert phase.complete, phase
             assert phase.figures["deliveries"] == 250
             assert phase.figures["lost"] == phase.figures["duplicated"] == 0
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+async def test_pushsvc_measured_as_a_peer() -> None:
+    """The comparison measures pushsvc like a peer: the payload (its event's data) carries
+    the sequence number and the generator's clock."""
+    server = await asyncio.to_thread(spawn, "memory")
+    try:
+        assert server.secret is not None
+        token = Authenticator((server.secret,), ()).issue("t", subscribe=["*"], publish=["*"])
+        options = Options(subscribers=8, events=20, settle=0.1, phase_timeout=20)
+        bench = Bench(server, token, options, dialect=PUSHSVC_AS_PEER)
+        assert b'"data":"@' in bench.body("c", 3).replace(b" ", b"")
+        for transport in ("websocket", "sse"):
+            phase = await bench.fanout(transport)
+            assert phase.complete, phase
+            assert phase.figures["deliveries"] == 160 and phase.figures["duplicated"] == 0
+            assert phase.figures["p99_ms"] is not None
     finally:
         await asyncio.to_thread(server.stop)
 

@@ -52,7 +52,7 @@ import click
 from pushsvc.auth import Authenticator
 from pushsvc.bench import proc, report
 from pushsvc.bench.cli import _git_describe, _loadavg, _raise_fd_limit
-from pushsvc.bench.dialects import PUSHSVC, Dialect, socketio
+from pushsvc.bench.dialects import PUSHSVC_AS_PEER, Dialect, socketio
 from pushsvc.bench.scenarios import CONTENDED, SATURATED, Bench, Options, Phase
 from pushsvc.bench.server import (
     ServerUnderTest,
@@ -123,7 +123,7 @@ PEERS: dict[str, Peer] = {
             "pushsvc",
             "pushsvc (this commit)",
             None,
-            lambda port, pub: PUSHSVC,
+            lambda port, pub: PUSHSVC_AS_PEER,
             lambda: f"pushsvc {_pkg('pushsvc')}, uvicorn {_pkg('uvicorn')}",
         ),
         Peer(
@@ -225,7 +225,7 @@ class Runner:
             if server.redis_prefix:
                 self.redis_prefix = server.redis_prefix
             self.started.append(server)
-            return server, PUSHSVC
+            return server, PUSHSVC_AS_PEER
         port, pub = free_port(), free_port()
         cmd, env, ready_port = peer.command(port, pub)
         server = spawn_command(
@@ -445,9 +445,10 @@ def markdown(meta: dict[str, Any], results: list[Result], plot: str | None) -> s
     out.append(
         "*lost*: events a subscriber had not received when its phase ended; *dup*: "
         "events received twice; *server CPU* and *generator CPU*: fraction of one core "
-        "over the measured part. pushsvc's latency runs from the event ID's time (the "
-        "backend's clock when it stored the event); a peer's from the generator's clock "
-        "right before it sent the publish request (written into the payload)."
+        "over the measured part. Latency runs, for every server pushsvc included, from the "
+        "generator's clock right before it sent the publish request (written into the "
+        "payload, `@<ms>-<seq>@`) to the receive wall clock; completeness counts distinct "
+        "sequence numbers per subscriber."
     )
     out.append("")
     for scenario in ("fanout", "latency", "connections"):

@@ -28,7 +28,8 @@ A ``Dialect`` tells the raw clients of :mod:`pushsvc.bench.wire`:
   no JSON escaping, so it survives inside a Socket.IO packet. Latency is the receive wall
   clock minus ``<ms>`` (1 ms resolution, as for pushsvc); completeness counts distinct
   ``<seq>`` per subscriber (order-insensitive: the latency phase publishes from several
-  connections at once, which a peer may relay in any order).
+  connections at once, which a peer may relay in any order). ``PUSHSVC_AS_PEER`` measures
+  pushsvc the same way (the payload is its event's ``data``), for the comparison.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ class Dialect:
     publish_port: int | None = None  # None: the server's port
     ws_protocol: str = "raw"  # "pushsvc", "raw" or "socketio"
     sse_protocol: str = "raw"  # "pushsvc" or "raw"
+    # where latency starts: "server" (pushsvc's event ID) or "generator" (the payload's
+    # ``@<ms>-<seq>@``, written right before the publish request; every peer's)
+    clock: str = "generator"
 
     @property
     def is_pushsvc(self) -> bool:
@@ -58,12 +62,13 @@ class Dialect:
 
     @property
     def ordered(self) -> bool:
-        """Event IDs are server-assigned and arrive in order (pushsvc)."""
-        return self.is_pushsvc
+        """Events are told apart by their server-assigned IDs, which arrive in order
+        (pushsvc with ``clock="server"``); otherwise by the payload's sequence number."""
+        return self.is_pushsvc and self.clock == "server"
 
     @property
     def id_re(self) -> re.Pattern[bytes]:
-        return PUSHSVC_ID_RE if self.is_pushsvc else PEER_ID_RE
+        return PUSHSVC_ID_RE if self.ordered else PEER_ID_RE
 
     @property
     def transports(self) -> tuple[str, ...]:
@@ -94,6 +99,20 @@ PUSHSVC = Dialect(
     publish_path="/v1/publish",
     ws_protocol="pushsvc",
     sse_protocol="pushsvc",
+    clock="server",
+)
+
+# pushsvc measured exactly as a peer is (the comparison): the payload (the event's
+# ``data``, a string) carries ``@<ms>-<seq>@``, latency starts at the generator's clock
+# before the publish request, completeness counts distinct sequence numbers.
+PUSHSVC_AS_PEER = Dialect(
+    "pushsvc",
+    ws_path=PUSHSVC.ws_path,
+    sse_path=PUSHSVC.sse_path,
+    publish_path=PUSHSVC.publish_path,
+    ws_protocol="pushsvc",
+    sse_protocol="pushsvc",
+    clock="generator",
 )
 
 

@@ -201,6 +201,9 @@ class Bench:
     def body(self, channel: str, n: int) -> bytes:
         if not self.dialect.is_pushsvc:
             return self.dialect.payload(n, self.o.payload_bytes)
+        if not self.dialect.ordered:  # pushsvc measured as a peer: the payload is the data
+            data = self.dialect.payload(n, self.o.payload_bytes).decode()
+            return json.dumps({"channel": channel, "event": "bench", "data": data}).encode()
         pad = "x" * max(0, self.o.payload_bytes - 20)
         return json.dumps(
             {"channel": channel, "event": "bench", "data": {"n": n, "pad": pad}}

@@ -288,7 +288,7 @@ class WSClient(asyncio.Protocol):
         self, buf: bytes, start: int, end: int, ids: list[tuple[bytes, bytes]]
     ) -> None:
         if buf.startswith(WS_EVENT, start):
-            m = ID_RE.search(buf, start, end)
+            m = self.id_re.search(buf, start, end)
             if m is not None:
                 ids.append((m.group(1), m.group(2)))
         elif buf.startswith(WS_SUBSCRIBED, start):
