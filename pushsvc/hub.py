@@ -27,6 +27,7 @@ from pushsvc.protocol import codes
 from pushsvc.protocol.events import Event
 from pushsvc.session import Session
 from pushsvc.settings import Settings
+from pushsvc.wires import Frame, Wire
 
 log = logging.getLogger("pushsvc.hub")
 
@@ -135,8 +136,9 @@ class Hub:
     def _dispatch(self, event: Event) -> None:
         subs = self._subs.get(event.channel)
         if subs:
+            frames: dict[type[Wire], Frame] = {}  # encoded once per wire for all sessions
             for session in tuple(subs):
-                session.on_live(event)
+                session.on_live(event, frames)
 
     def schedule(self, session: Session) -> None:
         """Queue ``session`` for the next flush pass (``Session.push`` calls this once

@@ -191,32 +191,51 @@ class Session:
 
     # --- live path (hot) ---------------------------------------------------------------
 
-    def on_live(self, event: Event) -> None:
+    def on_live(self, event: Event, frames: dict[type[Wire], Frame] | None = None) -> None:
+        """A live event of a subscribed channel. ``frames`` is the hub's per-event memo
+        of single-channel frames by wire, shared by all the sessions it dispatches to."""
         pos = self.channels.get(event.channel)
-        if pos is not None and pos.offer_live(event):
-            self._emit(event)
+        if pos is None:
+            return
+        if pos.live:  # ChannelPosition.admit, inlined: this runs per session per event
+            if event.id <= pos.position:
+                return
+            pos.position = event.id
+        elif not pos.offer_live(event):
+            return
+        self._emit(event, frames)
 
-    def _emit(self, event: Event) -> None:
-        self.segments[event.channel] = event.segment
-        if len(self.segments) == 1 or not self.wire.needs_cursor:
-            self.push(self.wire.event(event, None))
+    def _emit(self, event: Event, frames: dict[type[Wire], Frame] | None = None) -> None:
+        segments = self.segments
+        segments[event.channel] = event.segment
+        wire = self.wire
+        if len(segments) == 1 or not wire.needs_cursor:
+            if frames is None:
+                frame = wire.event(event, None)
+            else:
+                kind = type(wire)
+                cached = frames.get(kind)
+                if cached is None:
+                    cached = frames[kind] = wire.event(event, None)
+                frame = cached
         else:
-            self.push(self.wire.event(event, self.cursor))
+            frame = wire.event(event, self.cursor)
+        self.push(frame)
 
     def push(self, frame: Frame) -> None:
         if self.close_code is not None or not frame:
             return
+        queue = self.queue
+        size = self.queued_bytes + len(frame)
         settings = self.hub.settings
-        if (
-            len(self.queue) >= settings.outbound_queue_messages
-            or self.queued_bytes + len(frame) > settings.outbound_queue_bytes
-        ):
+        if len(queue) >= settings.outbound_queue_messages or size > settings.outbound_queue_bytes:
             self.close(codes.WS_4008_SLOW_CONSUMER, "slow consumer: outbound queue overflowed")
             return
-        self.queue.append(frame)
-        self.queued_bytes += len(frame)
+        queue.append(frame)
+        self.queued_bytes = size
         self.busy = True
-        self._notify()
+        if not self.scheduled:
+            self._notify()
 
     def _notify(self) -> None:
         if self.writer is not None:

@@ -45,6 +45,11 @@ class Writer:
         self.task: asyncio.Task[None] | None = None
 
     def messages(self, session: Session, frames: list[Frame]) -> list[Message]:
+        """The ASGI messages that write ``frames`` (and the close, if closed)."""
+        raise NotImplementedError
+
+    def message(self, frame: Frame) -> Message:
+        """The ASGI message that writes one frame."""
         raise NotImplementedError
 
     def flush(self, session: Session) -> None:
@@ -55,7 +60,10 @@ class Writer:
             session.queue.clear()
             return
         frames = session.drain()
-        messages = self.messages(session, frames)
+        if len(frames) == 1 and session.close_code is None:
+            messages = [self.message(frames[0])]  # the common case: no backlog
+        else:
+            messages = self.messages(session, frames)
         if frames:
             self.stats.wrote(frames)
         if session.close_code is not None:

@@ -119,6 +119,9 @@ class SSEStream(Response):
 class SSEWriter(Writer):
     __slots__ = ()
 
+    def message(self, frame: Frame) -> Message:
+        return {"type": "http.response.body", "body": frame, "more_body": True}
+
     def messages(self, session: Session, batch: list[Frame]) -> list[Message]:
         # bytes frames only on this wire; one write for the whole backlog
         body = b"".join(batch)  # type: ignore[arg-type]

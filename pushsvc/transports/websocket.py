@@ -93,10 +93,15 @@ class WebSocketWriter(Writer):
         super().__init__(send, stats)
         self.batch = batch
 
+    def message(self, frame: Frame) -> ASGIMessage:
+        if type(frame) is str:
+            return {"type": "websocket.send", "text": frame}
+        return {"type": "websocket.send", "bytes": frame}
+
     def messages(self, session: Session, frames: list[Frame]) -> list[ASGIMessage]:
         out: list[ASGIMessage] = []
         if self.batch and len(frames) > 1:
-            texts: list[str] = []
+            texts: list[str] = []  # consecutive text frames go out as one message
             for frame in frames:
                 if type(frame) is str:
                     texts.append(frame)
@@ -104,15 +109,11 @@ class WebSocketWriter(Writer):
                 if texts:
                     out.append({"type": "websocket.send", "text": "\n".join(texts)})
                     texts = []
-                out.append({"type": "websocket.send", "bytes": frame})
+                out.append(self.message(frame))
             if texts:
                 out.append({"type": "websocket.send", "text": "\n".join(texts)})
         else:
-            for frame in frames:
-                if type(frame) is str:
-                    out.append({"type": "websocket.send", "text": frame})
-                else:
-                    out.append({"type": "websocket.send", "bytes": frame})
+            out += map(self.message, frames)
         if session.close_code is not None:
             out.append(
                 {
