@@ -14,6 +14,7 @@ previous tick.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import time
@@ -21,10 +22,11 @@ from collections import deque
 from collections.abc import Coroutine
 from typing import Any
 
-from pushsvc.backends.base import Backend
+from pushsvc.backends.base import Backend, ReadResult
 from pushsvc.metrics import Metrics
 from pushsvc.protocol import codes
 from pushsvc.protocol.events import Event
+from pushsvc.protocol.ids import StreamId
 from pushsvc.session import Session
 from pushsvc.settings import Settings
 from pushsvc.wires import Frame, Wire
@@ -34,6 +36,42 @@ log = logging.getLogger("pushsvc.hub")
 # Sessions written per flush pass before the loop polls its sockets again: small enough
 # that publishes and client frames are read while a large fan-out is being written.
 FLUSH_CHUNK = 64
+# Seconds a channel stays listened after its last local session left.
+LISTEN_LINGER = 10.0
+# Live events remembered per listened channel, to answer reads near the head.
+RECENT_EVENTS = 256
+
+
+class RecentEvents:
+    """The latest events the listener delivered on one channel, in log order and without
+    holes since the channel was listened to (``reconnects`` says which listener
+    connection: after a reconnect the hub starts a new one). A read after one of these
+    IDs is exactly the events that follow it here."""
+
+    __slots__ = ("events", "ids", "reconnects")
+
+    def __init__(self, reconnects: int) -> None:
+        self.reconnects = reconnects
+        self.ids: list[StreamId] = []
+        self.events: list[Event] = []
+
+    def add(self, event: Event) -> None:
+        ids = self.ids
+        if ids and event.id <= ids[-1]:
+            return  # a repeat (a listener re-read): already here
+        ids.append(event.id)
+        self.events.append(event)
+        if len(ids) > 2 * RECENT_EVENTS:  # trim in bulk: amortized O(1) per event
+            del ids[:-RECENT_EVENTS]
+            del self.events[:-RECENT_EVENTS]
+
+    def after(self, position: StreamId, limit: int) -> list[Event] | None:
+        """The events after ``position`` (at most ``limit``), or None when ``position``
+        is not one of the remembered events (the backend must answer)."""
+        i = bisect.bisect_left(self.ids, position)
+        if i == len(self.ids) or self.ids[i] != position:
+            return None
+        return self.events[i + 1 : i + 1 + limit]
 
 
 class Hub:
@@ -49,6 +87,9 @@ class Hub:
         self.closing = False
         self.metrics = Metrics(backend, settings)
         self._dirty: deque[Session] = deque()
+        self._recent: dict[str, RecentEvents] = {}  # listened channels: latest live events
+        self._lingering: dict[str, asyncio.TimerHandle] = {}
+        self._left: dict[str, float] = {}
         self._flushing = False
         backend.set_sink(self._dispatch)
 
@@ -75,6 +116,9 @@ class Hub:
                 await self._heartbeat_task
         for task in list(self._tasks):
             task.cancel()
+        for handle in self._lingering.values():
+            handle.cancel()
+        self._lingering.clear()
         await self.backend.close()
 
     # --- registry ----------------------------------------------------------------------
@@ -100,8 +144,12 @@ class Hub:
                     if c not in self._listening and self._subs.get(c):
                         await self.backend.listen(c)
                         self._listening.add(c)
+                        self._recent[c] = RecentEvents(self.backend.listener_status().reconnects)
 
     def leave(self, session: Session, channels: list[str]) -> None:
+        """Unregister ``session``. A channel left by its last session is still listened
+        to for ``LISTEN_LINGER`` seconds: long-polls leave and rejoin on every request,
+        and a reconnecting client rejoins within a second or two."""
         for c in channels:
             subs = self._subs.get(c)
             if subs is None:
@@ -110,13 +158,48 @@ class Hub:
             if not subs:
                 del self._subs[c]
                 if not self.closing:
-                    self._spawn(self._maybe_unlisten(c))
+                    self._left[c] = time.monotonic()
+                    if c not in self._lingering:
+                        self._lingering[c] = asyncio.get_running_loop().call_later(
+                            LISTEN_LINGER, self._linger_over, c
+                        )
+
+    def _linger_over(self, channel: str) -> None:
+        del self._lingering[channel]
+        if self._subs.get(channel):
+            return  # joined again
+        left = self._left.get(channel, 0.0)
+        remaining = left + LISTEN_LINGER - time.monotonic()
+        if remaining > 0.05:  # left again since the timer was set: wait from then
+            self._lingering[channel] = asyncio.get_running_loop().call_later(
+                remaining, self._linger_over, channel
+            )
+            return
+        self._left.pop(channel, None)
+        self._spawn(self._maybe_unlisten(channel))
 
     async def _maybe_unlisten(self, channel: str) -> None:
         async with self._lock:
             if channel in self._listening and not self._subs.get(channel):
                 self._listening.discard(channel)
+                self._recent.pop(channel, None)
                 await self.backend.unlisten(channel)
+
+    async def read_after(self, channel: str, after: StreamId, limit: int) -> ReadResult:
+        """The log after ``after``: from the events this process saw live on the channel
+        when ``after`` is one of them (no backend round trip: a long-poll or a client
+        reconnecting near the head), else from the backend."""
+        recent = self._recent.get(channel)
+        if recent is not None:
+            status = self.backend.listener_status()
+            if status.connected and status.reconnects == recent.reconnects:
+                events = recent.after(after, limit)
+                if events is not None:
+                    self.metrics.recent_hit()
+                    return ReadResult(events, events[-1].id if events else after)
+            else:  # the listener reconnected: what it saw may have a hole; start afresh
+                self._recent[channel] = RecentEvents(status.reconnects)
+        return await self.backend.read_after(channel, after, limit)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -134,6 +217,9 @@ class Hub:
     # --- fan-out (hot path) ------------------------------------------------------------
 
     def _dispatch(self, event: Event) -> None:
+        recent = self._recent.get(event.channel)
+        if recent is not None:
+            recent.add(event)
         subs = self._subs.get(event.channel)
         if subs:
             frames: dict[type[Wire], Frame] = {}  # encoded once per wire for all sessions

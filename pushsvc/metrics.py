@@ -237,6 +237,12 @@ class Metrics:
         self._published = Counter(
             "pushsvc_events_published", "Messages appended to the log.", registry=r
         )
+        self._recent_hits = Counter(
+            "pushsvc_history_reads_from_memory",
+            "Log reads (resume, long-poll) answered from the events this process saw live, "
+            "without a backend round trip.",
+            registry=r,
+        )
         self._backend_seconds = Histogram(
             "pushsvc_backend_command_seconds",
             "Latency of backend (log) commands.",
@@ -316,6 +322,9 @@ class Metrics:
             outcome = "gap"
             gapped.discard(channel)
         self._resume_children[(session.wire.name, outcome)].inc()
+
+    def recent_hit(self) -> None:
+        self._recent_hits.inc()
 
     # --- errors ------------------------------------------------------------------------
 

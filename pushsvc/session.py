@@ -136,11 +136,10 @@ class Session:
                 self.hub.metrics.resumed(self, c)
 
     async def _catch_up(self, channel: str) -> None:
-        backend = self.hub.backend
         page = self.hub.settings.history_page
         pos = self.channels.get(channel)
         while pos is not None and self.close_code is None:
-            result = await backend.read_after(channel, pos.position, page)
+            result = await self.hub.read_after(channel, pos.position, page)
             if self.channels.get(channel) is not pos:
                 return  # unsubscribed meanwhile
             if result.gap is not None and result.gap.until > pos.position:

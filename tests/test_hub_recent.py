@@ -1,0 +1,123 @@
+"""The hub answers log reads near the head from the events it saw live, and keeps a
+channel listened for a while after its last session left (pushsvc.hub)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from pushsvc import hub as hub_module
+from pushsvc.auth import Principal
+from pushsvc.backends.base import ListenerStatus, Message
+from pushsvc.backends.memory import MemoryBackend
+from pushsvc.hub import RECENT_EVENTS, Hub
+from pushsvc.session import Session
+from pushsvc.settings import Settings
+from pushsvc.wires import PollWire
+
+pytestmark = pytest.mark.asyncio
+
+
+class CountingBackend(MemoryBackend):
+    """The memory backend, counting the reads that reach it; ``reconnects`` can be
+    bumped to stand for a listener that reconnected."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+        self.reconnects = 0
+
+    async def read_after(self, channel: str, after: Any, limit: int) -> Any:
+        self.reads += 1
+        return await super().read_after(channel, after, limit)
+
+    def listener_status(self) -> ListenerStatus:
+        status = super().listener_status()
+        return ListenerStatus(status.connected, self.reconnects, status.channels)
+
+
+async def started_hub() -> tuple[Hub, CountingBackend]:
+    backend = CountingBackend()
+    hub = Hub(backend, Settings(backend_url="memory://"))
+    await hub.start()
+    return hub, backend
+
+
+def session(hub: Hub) -> Session:
+    s = Session(hub, Principal("t", subscribe=("*",)), PollWire())
+    hub.register(s)
+    return s
+
+
+async def publish(backend: CountingBackend, channel: str, n: int) -> list[Any]:
+    return [await backend.append(Message(channel, "message", b'{"n":%d}' % i)) for i in range(n)]
+
+
+async def test_reads_after_a_recent_event_match_the_log_without_a_backend_read() -> None:
+    hub, backend = await started_hub()
+    try:
+        s = session(hub)
+        await s.subscribe(["c"], {})
+        before = await publish(backend, "c", 5)  # seen live
+        # enough that the oldest were forgotten (it keeps RECENT_EVENTS to twice that)
+        events = before + await publish(backend, "c", 2 * RECENT_EVENTS + 40)
+        backend.reads = 0
+        for i, event in enumerate(events[-RECENT_EVENTS:-1]):
+            got = await hub.read_after("c", event.id, 50)
+            want = await MemoryBackend.read_after(backend, "c", event.id, 50)
+            assert [e.id for e in got.events] == [e.id for e in want.events], i
+            assert got.gap is None
+        assert backend.reads == 0
+        # older than what is remembered, or not an event ID: the backend answers
+        for after in (events[0].id, (0, 0), (events[-1].id[0], events[-1].id[1] + 1)):
+            got = await hub.read_after("c", after, 50)
+            want = await MemoryBackend.read_after(backend, "c", after, 50)
+            assert [e.id for e in got.events] == [e.id for e in want.events]
+        assert backend.reads == 3
+    finally:
+        await hub.close()
+
+
+async def test_a_reconnected_listener_discards_what_it_remembered() -> None:
+    hub, backend = await started_hub()
+    try:
+        s = session(hub)
+        await s.subscribe(["c"], {})
+        events = await publish(backend, "c", 10)
+        backend.reads = 0
+        await hub.read_after("c", events[3].id, 10)
+        assert backend.reads == 0
+        backend.reconnects += 1  # what was seen before may have a hole now
+        got = await hub.read_after("c", events[3].id, 10)
+        assert backend.reads == 1
+        assert [e.id for e in got.events] == [e.id for e in events[4:]]
+        # events seen live after that are remembered again
+        newer = await publish(backend, "c", 3)
+        await hub.read_after("c", newer[0].id, 10)
+        assert backend.reads == 1
+    finally:
+        await hub.close()
+
+
+async def test_a_channel_stays_listened_for_a_while_after_its_last_session(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(hub_module, "LISTEN_LINGER", 0.3)
+    hub, backend = await started_hub()
+    try:
+        for _ in range(5):  # long-poll style: join, leave, join again
+            s = session(hub)
+            await s.subscribe(["c"], {})
+            s.release()
+            assert backend.listener_status().channels == 1
+        await asyncio.sleep(0.1)
+        assert backend.listener_status().channels == 1
+        deadline = asyncio.get_running_loop().time() + 3
+        while backend.listener_status().channels and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        assert backend.listener_status().channels == 0
+        assert "c" not in hub._recent
+    finally:
+        await hub.close()
