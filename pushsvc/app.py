@@ -32,8 +32,9 @@ from pushsvc.limits import RateLimiter
 from pushsvc.logs import install_redaction
 from pushsvc.metrics import metrics_endpoint
 from pushsvc.settings import Settings
+from pushsvc.transports._common import serve_endpoint
 from pushsvc.transports.longpoll import poll_endpoint
-from pushsvc.transports.sse import serve_sse, sse_endpoint
+from pushsvc.transports.sse import sse_endpoint
 from pushsvc.transports.websocket import WebSocketTransport, serve_websocket
 
 log = logging.getLogger("pushsvc")
@@ -100,7 +101,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Exception: unexpected_error_handler,
         },
     )
-    app.direct_sse = not settings.cors_origins
+    app.direct_http = not settings.cors_origins
     app.state.settings = settings
     app.state.auth = Authenticator(settings.secrets, settings.api_keys)
     app.state.backend = backend
@@ -114,27 +115,30 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
 
 class PushApp(Starlette):
-    """Starlette, with the long-lived endpoints dispatched before the middleware stack.
+    """Starlette, with the subscription endpoints dispatched before the middleware stack.
 
-    A WebSocket or SSE connection otherwise keeps a frame of every middleware and of the
-    router alive for as long as it is open (about 2-3 KB each). Neither needs them: both
-    transports answer their own errors (problem bodies, close codes). SSE goes through
-    the stack when CORS is configured, which it needs. Every other request, and these
-    paths with another method, take the normal route."""
+    A WebSocket, an SSE stream or a pending long-poll otherwise keeps a frame of every
+    middleware and of the router alive for as long as it is open (2-3 KB each), and a
+    poll request pays for the whole stack each time. None of them needs it: the
+    transports answer their own errors (problem bodies, close codes). SSE and long-poll
+    go through the stack when CORS is configured, which they need; every other request
+    takes the normal route."""
 
-    direct_sse = True
+    direct_http = True
+    _direct_get = {"/v1/sse": sse_endpoint, "/v1/poll": poll_endpoint}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind == "websocket" or (kind == "http" and self.direct_sse):
-            path = _route_path(scope)
-            if kind == "websocket" and path == "/v1/ws":
+        if kind == "websocket":
+            if _route_path(scope) == "/v1/ws":
                 scope["app"] = self
                 await serve_websocket(scope, receive, send)
                 return
-            if kind == "http" and path == "/v1/sse" and scope["method"] == "GET":
+        elif kind == "http" and self.direct_http and scope["method"] == "GET":
+            endpoint = self._direct_get.get(_route_path(scope))
+            if endpoint is not None:
                 scope["app"] = self
-                await serve_sse(scope, receive, send)
+                await serve_endpoint(endpoint, scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
 

@@ -23,8 +23,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from pushsvc.errors import push_error_handler
-from pushsvc.exceptions import PushError
 from pushsvc.protocol import codes, frames
 from pushsvc.session import Session
 from pushsvc.transports._common import Opening, open_request, state
@@ -41,22 +39,6 @@ SSE_HEADERS = {
 _RAW_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8")] + [
     (k.lower().encode(), v.encode()) for k, v in SSE_HEADERS.items()
 ]
-
-
-async def serve_sse(scope: Scope, receive: Receive, send: Send) -> None:
-    """``GET /v1/sse`` as a plain ASGI app (``pushsvc.app`` dispatches to it directly
-    when no CORS middleware is configured): the connection then holds no frames of the
-    routing and middleware stack for as long as the stream is open."""
-    response = await _open_sse(scope, receive)
-    await response(scope, receive, send)
-
-
-async def _open_sse(scope: Scope, receive: Receive) -> Response:
-    request = Request(scope, receive)
-    try:
-        return await sse_endpoint(request)
-    except PushError as exc:
-        return await push_error_handler(request, exc)
 
 
 async def sse_endpoint(request: Request) -> Response:
