@@ -185,6 +185,18 @@ class Hub:
                 self._recent.pop(channel, None)
                 await self.backend.unlisten(channel)
 
+    def _retained(self, after: StreamId, remembered: int) -> bool:
+        """Whether the log surely still holds the events after ``after``, so that an
+        answer from memory is the log's: retention may have trimmed them (the reader
+        then gets a gap from the backend). Safe as long as the listener is less than
+        half of ``max_len`` events behind the log, and its clock within a minute of the
+        log's."""
+        retention = self.backend.retention
+        if remembered >= retention.max_len // 2:
+            return False
+        oldest_kept_ms = (time.time() - retention.max_age + 60.0) * 1000
+        return after[0] > oldest_kept_ms
+
     async def read_after(self, channel: str, after: StreamId, limit: int) -> ReadResult:
         """The log after ``after``: from the events this process saw live on the channel
         when ``after`` is one of them (no backend round trip: a long-poll or a client
@@ -194,7 +206,7 @@ class Hub:
             status = self.backend.listener_status()
             if status.connected and status.reconnects == recent.reconnects:
                 events = recent.after(after, limit)
-                if events is not None:
+                if events is not None and self._retained(after, len(recent.ids)):
                     self.metrics.recent_hit()
                     return ReadResult(events, events[-1].id if events else after)
             else:  # the listener reconnected: what it saw may have a hole; start afresh

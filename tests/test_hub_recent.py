@@ -10,7 +10,7 @@ import pytest
 
 from pushsvc import hub as hub_module
 from pushsvc.auth import Principal
-from pushsvc.backends.base import ListenerStatus, Message
+from pushsvc.backends.base import ListenerStatus, Message, Retention
 from pushsvc.backends.memory import MemoryBackend
 from pushsvc.hub import RECENT_EVENTS, Hub
 from pushsvc.session import Session
@@ -24,8 +24,8 @@ class CountingBackend(MemoryBackend):
     """The memory backend, counting the reads that reach it; ``reconnects`` can be
     bumped to stand for a listener that reconnected."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, retention: Retention | None = None) -> None:
+        super().__init__(retention=retention)
         self.reads = 0
         self.reconnects = 0
 
@@ -38,8 +38,8 @@ class CountingBackend(MemoryBackend):
         return ListenerStatus(status.connected, self.reconnects, status.channels)
 
 
-async def started_hub() -> tuple[Hub, CountingBackend]:
-    backend = CountingBackend()
+async def started_hub(retention: Retention | None = None) -> tuple[Hub, CountingBackend]:
+    backend = CountingBackend(retention)
     hub = Hub(backend, Settings(backend_url="memory://"))
     await hub.start()
     return hub, backend
@@ -76,6 +76,23 @@ async def test_reads_after_a_recent_event_match_the_log_without_a_backend_read()
             want = await MemoryBackend.read_after(backend, "c", after, 50)
             assert [e.id for e in got.events] == [e.id for e in want.events]
         assert backend.reads == 3
+    finally:
+        await hub.close()
+
+
+async def test_events_retention_may_have_trimmed_are_read_from_the_log() -> None:
+    """With a short log, the events after a remembered one may be gone: the backend
+    answers, with the gap."""
+    hub, backend = await started_hub(Retention(max_len=5, approximate=False))
+    try:
+        s = session(hub)
+        await s.subscribe(["c"], {})
+        events = await publish(backend, "c", 20)
+        backend.reads = 0
+        got = await hub.read_after("c", events[2].id, 50)
+        assert backend.reads == 1
+        assert got.gap is not None
+        assert [e.id for e in got.events] == [e.id for e in events[-5:]]
     finally:
         await hub.close()
 

@@ -78,8 +78,12 @@ def _transports(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--rate", default=20.0, show_default=True, help="latency: events/s.")
 @click.option("--duration", default=5.0, show_default=True, help="latency: seconds.")
 @click.option("--latency-subscribers", type=int, help="latency: subscribers (default -n).")
-@click.option("-c", "--connections", default=500, show_default=True, help="connections.")
-@click.option("--idle-seconds", default=6.0, show_default=True, help="connections: idle window.")
+@click.option(
+    "-c", "--connections", default=500, show_default=True, help="connections, idle (all at once)."
+)
+@click.option(
+    "--idle-seconds", default=6.0, show_default=True, help="connections, idle: idle window."
+)
 @click.option("-m", "--missed", default=5000, show_default=True, help="resume: missed events.")
 @click.option("--publishes", default=2000, show_default=True, help="publish: messages per mode.")
 @click.option("--batch", default=100, show_default=True, help="publish, resume: batch size.")
@@ -133,13 +137,14 @@ def bench(
     no_progress: bool,
     no_plots: bool,
 ) -> None:
-    """Measure a pushsvc server: SCENARIOS are fanout, latency, connections, resume,
-    publish (default: all).
+    """Measure a pushsvc server: SCENARIOS are fanout, latency, connections, idle (the
+    transports' connections all at once), resume, publish (default: all).
 
     \b
       pushsvc bench --spawn memory fanout -n 1000 -k 300
       pushsvc bench --spawn redis latency -n 500 --rate 50 --duration 20
       pushsvc bench --url http://127.0.0.1:8000 --secret S --api-key K connections -c 2000
+      pushsvc bench --spawn redis idle -c 10000
 
     Writes bench.json, bench.md and PNG plots to --out. Completeness is checked: every
     subscriber must receive every event exactly once.

@@ -49,6 +49,12 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
         ("server_rss_kib_per_connection", "server RSS KiB/conn"),
         ("server_idle_cpu_percent", "server idle CPU %"),
     ],
+    "idle": [
+        ("connections_open", "connections"),
+        ("still_open_after_idle", "open after idle"),
+        ("server_rss_kib_per_connection", "server RSS KiB/conn"),
+        ("server_idle_cpu_percent", "server idle CPU %"),
+    ],
     "resume": [
         ("replayed", "replayed"),
         ("time_to_caught_up_s", "caught up s"),

@@ -32,7 +32,7 @@ from pushsvc.bench.wire import SUBSCRIBERS, Publisher, Subscriber, Tally, Target
 
 SATURATED = 0.9  # generator CPU, fraction of one core
 CONTENDED = 0.15  # busy time on the server's core that is not the server's
-SCENARIOS = ("fanout", "latency", "connections", "resume", "publish")
+SCENARIOS = ("fanout", "latency", "connections", "idle", "resume", "publish")
 TRANSPORTS = ("websocket", "sse", "long-polling")
 
 
@@ -461,17 +461,50 @@ class Bench:
 
     async def connections(self, transport: str) -> Phase:
         o = self.o
+        phase = Phase(
+            "connections", transport, {"connections": o.connections, "idle_s": o.idle_seconds}
+        )
+        return await self._hold_idle(phase, [transport])
+
+    async def idle(self) -> Phase:
+        """``--connections`` idle connections at once on one server, split evenly across
+        the selected transports (the 10,000 mixed idle connections of a busy instance)."""
+        o = self.o
+        transports = [t for t in o.transports if t in self.dialect.transports]
+        phase = Phase(
+            "idle",
+            "mixed",
+            {
+                "connections": o.connections,
+                "transports": ",".join(transports),
+                "idle_s": o.idle_seconds,
+            },
+        )
+        return await self._hold_idle(phase, transports)
+
+    async def _hold_idle(self, phase: Phase, transports: list[str]) -> Phase:
+        """Open the connections, hold them idle, and measure RSS per connection and the
+        server's CPU while idle (heartbeats only)."""
+        o = self.o
         c = o.connections
-        phase = Phase("connections", transport, {"connections": c, "idle_s": o.idle_seconds})
         if self.respawn is not None:
-            self.server = self.respawn()  # fresh process: RSS deltas are this transport's
-        channel = self.channel("connections", transport)
+            self.server = self.respawn()  # fresh process: RSS deltas are this phase's
+        channel = self.channel(phase.scenario, phase.transport)
         # warm up: first connections import and allocate what every later one shares
-        warm, _ = await self.open_subscribers(transport, 20, channel + "-warm", 0, None)
-        await self.close_all(warm)
+        for transport in transports:
+            warm, _ = await self.open_subscribers(
+                transport, 20, f"{channel}-{transport}-warm", 0, None
+            )
+            await self.close_all(warm)
         await asyncio.sleep(o.settle)
         rss0 = self.server.rss_bytes()
-        subs, failed = await self.open_subscribers(transport, c, channel, 0, None)
+        subs: list[Subscriber] = []
+        failed = 0
+        for i, transport in enumerate(transports):
+            n = c // len(transports) + (1 if i < c % len(transports) else 0)
+            opened, f = await self.open_subscribers(transport, n, f"{channel}-{transport}", 0, None)
+            subs += opened
+            failed += f
         if failed:
             phase.notes.append(f"{failed} of {c} connections failed")
             phase.complete = False
@@ -480,7 +513,7 @@ class Bench:
         meter = Meter(self.server)
         meter.start()
         async with self.progress(
-            f"{transport}: idle",
+            f"{phase.transport}: idle",
             int(o.idle_seconds * 10),
             lambda: (time.perf_counter() - meter._t0) * 10,
         ):
@@ -635,6 +668,9 @@ class Bench:
             "resume": self.resume,
         }
         for scenario in scenarios:
+            if scenario == "idle":
+                steps.append((scenario, "mixed", self.idle))
+                continue
             if scenario == "publish":
                 for mode in ("single", "batch"):
                     steps.append((scenario, mode, lambda mode=mode: self.publish(mode)))  # type: ignore[misc]
