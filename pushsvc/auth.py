@@ -55,6 +55,9 @@ class Principal:
         return self.expires_at is not None and (now or time.time()) >= self.expires_at
 
 
+VERIFIED_TOKENS = 4096  # tokens remembered as verified, per app
+
+
 class Authenticator:
     def __init__(self, secrets: tuple[str, ...], api_keys: tuple[str, ...]) -> None:
         if not secrets:
@@ -62,6 +65,10 @@ class Authenticator:
         # itsdangerous signs with the LAST key of the list and verifies with all.
         self._serializer = URLSafeSerializer(list(reversed(secrets)), salt=SALT)
         self._api_keys = tuple(k.encode() for k in api_keys)
+        # Tokens already verified (a long-poll sends its token with every request): a
+        # signature check and a JSON parse cost more than the rest of a poll's routing.
+        # Keyed by the whole token, so only the very same signed bytes hit; bounded.
+        self._verified: dict[str, Principal] = {}
 
     def issue(
         self,
@@ -102,6 +109,11 @@ class Authenticator:
             index = self.api_key_index(credential)
             if index is not None:
                 return Principal(subject=f"api-key:{index}", is_api_key=True)
+        cached = self._verified.get(credential)
+        if cached is not None:
+            if not cached.expired():
+                return cached
+            del self._verified[credential]  # verified again below: it says why it fails
         try:
             payload = self._serializer.loads(credential)
         except BadSignature as exc:
@@ -121,6 +133,9 @@ class Authenticator:
         )
         if principal.expired():
             raise Unauthorized("token expired", reason="expired")
+        if len(self._verified) >= VERIFIED_TOKENS:
+            del self._verified[next(iter(self._verified))]  # the oldest entry
+        self._verified[credential] = principal
         return principal
 
 

@@ -46,14 +46,17 @@ class RecentEvents:
     """The latest events the listener delivered on one channel, in log order and without
     holes since the channel was listened to (``reconnects`` says which listener
     connection: after a reconnect the hub starts a new one). A read after one of these
-    IDs is exactly the events that follow it here."""
+    IDs is exactly the events that follow it here; so is a read after ``anchor``, a top
+    of the log that a backend read confirmed while this was already recording (the
+    position of a client that has seen everything, on a quiet channel)."""
 
-    __slots__ = ("events", "ids", "reconnects")
+    __slots__ = ("anchor", "events", "ids", "reconnects")
 
     def __init__(self, reconnects: int) -> None:
         self.reconnects = reconnects
         self.ids: list[StreamId] = []
         self.events: list[Event] = []
+        self.anchor: StreamId | None = None
 
     def add(self, event: Event) -> None:
         ids = self.ids
@@ -62,16 +65,26 @@ class RecentEvents:
         ids.append(event.id)
         self.events.append(event)
         if len(ids) > 2 * RECENT_EVENTS:  # trim in bulk: amortized O(1) per event
+            if self.anchor is not None and self.anchor < ids[-RECENT_EVENTS - 1]:
+                self.anchor = None  # events after it are being forgotten
             del ids[:-RECENT_EVENTS]
             del self.events[:-RECENT_EVENTS]
 
+    def confirm(self, top: StreamId) -> None:
+        """A backend read found nothing after ``top``: what follows is recorded here."""
+        if self.anchor is None or top > self.anchor:
+            self.anchor = top
+
     def after(self, position: StreamId, limit: int) -> list[Event] | None:
         """The events after ``position`` (at most ``limit``), or None when ``position``
-        is not one of the remembered events (the backend must answer)."""
-        i = bisect.bisect_left(self.ids, position)
-        if i == len(self.ids) or self.ids[i] != position:
-            return None
-        return self.events[i + 1 : i + 1 + limit]
+        is neither a remembered event nor the anchor (the backend must answer)."""
+        ids = self.ids
+        i = bisect.bisect_left(ids, position)
+        if i < len(ids) and ids[i] == position:
+            return self.events[i + 1 : i + 1 + limit]
+        if position == self.anchor:
+            return self.events[i : i + limit]
+        return None
 
 
 class Hub:
@@ -185,33 +198,42 @@ class Hub:
                 self._recent.pop(channel, None)
                 await self.backend.unlisten(channel)
 
-    def _retained(self, after: StreamId, remembered: int) -> bool:
-        """Whether the log surely still holds the events after ``after``, so that an
-        answer from memory is the log's: retention may have trimmed them (the reader
-        then gets a gap from the backend). Safe as long as the listener is less than
-        half of ``max_len`` events behind the log, and its clock within a minute of the
-        log's."""
+    def _retained(self, events: list[Event], remembered: int) -> bool:
+        """Whether the log surely still holds ``events``, so that an answer from memory
+        is the log's: retention may have trimmed them (the reader then gets a gap from
+        the backend). Safe as long as the listener is less than half of ``max_len``
+        events behind the log, and its clock within a minute of the log's."""
         retention = self.backend.retention
         if remembered >= retention.max_len // 2:
             return False
         oldest_kept_ms = (time.time() - retention.max_age + 60.0) * 1000
-        return after[0] > oldest_kept_ms
+        return not events or events[0].id[0] > oldest_kept_ms
 
     async def read_after(self, channel: str, after: StreamId, limit: int) -> ReadResult:
         """The log after ``after``: from the events this process saw live on the channel
-        when ``after`` is one of them (no backend round trip: a long-poll or a client
-        reconnecting near the head), else from the backend."""
+        when ``after`` is one of them or the confirmed top (no backend round trip: a
+        long-poll, a client reconnecting near the head), else from the backend."""
         recent = self._recent.get(channel)
-        if recent is not None:
-            status = self.backend.listener_status()
-            if status.connected and status.reconnects == recent.reconnects:
-                events = recent.after(after, limit)
-                if events is not None and self._retained(after, len(recent.ids)):
-                    self.metrics.recent_hit()
-                    return ReadResult(events, events[-1].id if events else after)
-            else:  # the listener reconnected: what it saw may have a hole; start afresh
-                self._recent[channel] = RecentEvents(status.reconnects)
-        return await self.backend.read_after(channel, after, limit)
+        if recent is None:
+            return await self.backend.read_after(channel, after, limit)
+        status = self.backend.listener_status()
+        if not status.connected or status.reconnects != recent.reconnects:
+            # the listener reconnected: what it saw may have a hole; start afresh
+            recent = self._recent[channel] = RecentEvents(status.reconnects)
+        else:
+            events = recent.after(after, limit)
+            if events is not None and self._retained(events, len(recent.ids)):
+                self.metrics.recent_hit()
+                return ReadResult(events, events[-1].id if events else after)
+        result = await self.backend.read_after(channel, after, limit)
+        if (
+            result.gap is None
+            and len(result.events) < limit  # read up to the top
+            and self._recent.get(channel) is recent
+            and recent.reconnects == self.backend.listener_status().reconnects
+        ):
+            recent.confirm(result.top)
+        return result
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)

@@ -49,7 +49,7 @@ def test_every_scenario_runs_complete_with_a_spawned_server(tmp_path: Path) -> N
     got = {(p["scenario"], p["transport"]): p for p in phases(out)}
     transports = ("websocket", "sse", "long-polling")
     expected = {(s, t) for s in ("fanout", "latency", "connections", "resume") for t in transports}
-    expected |= {("publish", "single"), ("publish", "batch")}
+    expected |= {("publish", "single"), ("publish", "batch"), ("idle", "mixed")}
     assert set(got) == expected
     for key, phase in got.items():
         assert phase["complete"], (key, phase)
@@ -68,6 +68,9 @@ def test_every_scenario_runs_complete_with_a_spawned_server(tmp_path: Path) -> N
         assert conn["server_rss_kib_per_connection"] is not None
         res = got[("resume", t)]["figures"]
         assert res["replayed"] == 250 and res["gaps"] == 0
+    idle = got[("idle", "mixed")]
+    assert idle["params"]["transports"] == ",".join(transports)
+    assert idle["figures"]["connections_open"] == idle["figures"]["still_open_after_idle"] == 30
     assert got[("publish", "batch")]["figures"]["messages"] == 200
     report = (out / "bench.md").read_text()
     assert "## fanout" in report and "no event lost or duplicated" in report

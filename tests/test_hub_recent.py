@@ -138,3 +138,26 @@ async def test_a_channel_stays_listened_for_a_while_after_its_last_session(
         assert "c" not in hub._recent
     finally:
         await hub.close()
+
+
+async def test_the_confirmed_top_of_a_quiet_channel_is_answered_from_memory() -> None:
+    """Idle long-polls carry the top their first poll found, not an event ID."""
+    hub, backend = await started_hub()
+    try:
+        old = await publish(backend, "c", 3)  # before anyone listened
+        s = session(hub)
+        backend.reads = 0
+        await s.subscribe(["c"], {})  # seeds at the top, whose read confirms it
+        assert backend.reads == 1
+        top = old[-1].id
+        again = await hub.read_after("c", top, 10)
+        assert again.events == [] and backend.reads == 1
+        new = await publish(backend, "c", 4)
+        got = await hub.read_after("c", top, 10)
+        assert [e.id for e in got.events] == [e.id for e in new]
+        assert backend.reads == 1
+        # an older position is not known here
+        await hub.read_after("c", old[0].id, 10)
+        assert backend.reads == 2
+    finally:
+        await hub.close()
