@@ -336,7 +336,14 @@ def _problem(r: httpx.Response) -> str:
 @click.option("--subscribe", multiple=True, help="Channel pattern granted for subscribe.")
 @click.option("--publish", "publish_", multiple=True, help="Channel pattern granted for publish.")
 @click.option("--presence", multiple=True, help="Channel pattern granted for presence.")
-@click.option("--ttl", default=3600.0, show_default=True, type=float, help="Seconds.")
+@click.option(
+    "--ttl",
+    default=3600.0,
+    show_default=True,
+    type=float,
+    envvar="PUSHSVC_TOKEN_TTL_DEFAULT",
+    help="Seconds (default: PUSHSVC_TOKEN_TTL_DEFAULT, as the server's token_ttl_default).",
+)
 def token(
     secret: str,
     user: str,

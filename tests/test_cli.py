@@ -110,6 +110,18 @@ def test_token_output_verifies_with_the_secret() -> None:
         Authenticator(("another-secret",), ()).verify(token)
 
 
+def test_token_lifetime_defaults_to_the_servers_setting() -> None:
+    result = CliRunner().invoke(
+        main,
+        ["token", "--secret", SECRET, "--user", "bob"],
+        env={"PUSHSVC_TOKEN_TTL_DEFAULT": "120"},
+    )
+    assert result.exit_code == 0, result.output
+    principal = Authenticator((SECRET,), ()).verify(result.output.strip().splitlines()[-1])
+    assert principal.expires_at is not None
+    assert 110 < principal.expires_at - time.time() <= 121
+
+
 def test_serve_prints_generated_credentials_that_work(served: Served) -> None:
     secret, api_key = served.value("secret:"), served.value("api key:")
     assert httpx.get(served.url + "/healthz").json() == {"status": "ok"}
