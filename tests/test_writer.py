@@ -172,3 +172,41 @@ async def test_subscribe_is_answered_before_live_events_and_always(server: Serve
         again = await subscribed(ws, "seed")
         assert again["channels"] == ["seed"]
         assert again["cursor"]
+
+
+async def test_frames_of_every_length_encoding_arrive_intact(server: Server) -> None:
+    """The server frames text messages itself (pushsvc._uvicorn): 7-bit, 16-bit and
+    64-bit payload lengths, alone and several per write."""
+    token = server.token()
+    # frames are the payload plus ~150 bytes: the last one needs a 64-bit length
+    sizes = [0, 60, 125, 126, 200, 65_200, 65_450]
+    async with (
+        websockets.connect(f"{server.ws_url}/v1/ws?token={token}", max_size=2**20) as plain,
+        websockets.connect(
+            f"{server.ws_url}/v1/ws?token={token}&batch=1", max_size=2**20
+        ) as batched,
+    ):
+        await subscribed(plain, "sizes")
+        await subscribed(batched, "sizes")
+        messages = [
+            {"channel": "sizes", "data": {"n": i, "pad": "x" * size}}
+            for i, size in enumerate(sizes)
+        ]
+        r = httpx.post(
+            server.url + "/v1/publish",
+            json={"messages": messages},
+            headers=server.api_headers,
+            timeout=30,
+        )
+        r.raise_for_status()
+        for ws, split in ((plain, False), (batched, True)):
+            got: list[dict[str, Any]] = []
+            async with asyncio.timeout(20):
+                while len(got) < len(sizes):
+                    raw = await ws.recv()
+                    for part in raw.split("\n") if split else [raw]:
+                        frame = json.loads(part)
+                        if frame["type"] == "event":
+                            got.append(frame["data"])
+            assert [d["n"] for d in got] == list(range(len(sizes)))
+            assert [len(d["pad"]) for d in got] == sizes

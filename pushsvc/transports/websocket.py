@@ -23,12 +23,14 @@ import functools
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from starlette.datastructures import Headers, QueryParams
 from starlette.types import Message as ASGIMessage
 from starlette.types import Receive, Scope, Send
 
+from pushsvc._uvicorn import WRITE_TEXTS
 from pushsvc.auth import Authenticator, Principal, credential_from
 from pushsvc.backends.base import Message
 from pushsvc.exceptions import BadRequest, PayloadTooLarge, PushError, Unavailable
@@ -81,17 +83,55 @@ async def _open(scope: Scope, receive: Receive, send: Send) -> _Connection | Non
         return None
     await send({"type": "websocket.accept"})
     session = Session(hub, principal, WebSocketWire())
-    session.writer = WebSocketWriter(send, hub.metrics.websocket, query.get("batch") == "1")
+    session.writer = WebSocketWriter(
+        send,
+        hub.metrics.websocket,
+        query.get("batch") == "1",
+        scope.get("extensions", {}).get(WRITE_TEXTS),
+    )
     hub.register(session)
     return _Connection(session, auth, scope)
 
 
 class WebSocketWriter(Writer):
-    __slots__ = ("batch",)
+    """Writes text frames through the server's synchronous ``pushsvc.write_texts``
+    extension when it offers one (``pushsvc._uvicorn``): a backlog of several messages
+    then goes out in one socket write even without ``batch=1``. Everything else (binary
+    frames, the close, a socket pushing back) goes through ASGI ``send``."""
 
-    def __init__(self, send: Send, stats: TransportStats, batch: bool) -> None:
+    __slots__ = ("batch", "write_texts")
+
+    def __init__(
+        self,
+        send: Send,
+        stats: TransportStats,
+        batch: bool,
+        write_texts: Callable[[list[bytes]], bool] | None = None,
+    ) -> None:
         super().__init__(send, stats)
         self.batch = batch
+        self.write_texts = write_texts
+
+    def flush(self, session: Session) -> None:
+        write_texts = self.write_texts
+        frames = session.queue
+        if (
+            write_texts is not None
+            and frames
+            and not self.busy
+            and session.close_code is None
+            and all(type(f) is str for f in frames)
+        ):
+            if len(frames) == 1:
+                payloads = [frames[0].encode()]  # type: ignore[union-attr]
+            elif self.batch:
+                payloads = ["\n".join(frames).encode()]  # type: ignore[arg-type]
+            else:
+                payloads = [f.encode() for f in frames]  # type: ignore[union-attr]
+            if write_texts(payloads):
+                self.stats.wrote(session.drain())
+                return
+        super().flush(session)
 
     def message(self, frame: Frame) -> ASGIMessage:
         if type(frame) is str:
