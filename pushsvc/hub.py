@@ -38,8 +38,10 @@ log = logging.getLogger("pushsvc.hub")
 FLUSH_CHUNK = 64
 # Seconds a channel stays listened after its last local session left.
 LISTEN_LINGER = 10.0
-# Live events remembered per listened channel, to answer reads near the head.
-RECENT_EVENTS = 256
+# Live events remembered per listened channel (RECENT_EVENTS to twice that), to answer
+# reads near the head. Kept small: a process may listen to many channels, and a reader
+# further behind is served by the backend as before.
+RECENT_EVENTS = 64
 
 
 class RecentEvents:
