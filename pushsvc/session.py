@@ -238,11 +238,15 @@ class Session:
 
     def _notify(self) -> None:
         if self.writer is not None:
-            if not self.scheduled:
-                self.scheduled = True
-                self.hub.schedule(self)
+            self.schedule()
         elif self._wakeup is not None:
             self._wakeup.set()
+
+    def schedule(self) -> None:
+        """Put this session on the hub's next write pass (once until it is written)."""
+        if not self.scheduled:
+            self.scheduled = True
+            self.hub.schedule(self)
 
     # --- transport side ----------------------------------------------------------------
 

@@ -431,16 +431,26 @@ async def muting_proxy(redis_server_url: str) -> AsyncIterator[MutingProxy]:
     await proxy.close()
 
 
-@redis_only
-async def test_a_deaf_listener_is_detected_and_recovers_without_loss(
+async def _listener_via_proxy(
     make_backend: MakeBackend, backend_url: str, muting_proxy: MutingProxy
-) -> None:
+) -> tuple[Backend, Backend, Received]:
+    """A listener that reaches Redis through the proxy (pinging every 50 ms, deaf after
+    200 ms), a publisher that does not, and what the listener receives."""
     proxy_port = await muting_proxy.start()
     _, prefix = parse_url(backend_url)
     via_proxy = with_prefix(f"redis://127.0.0.1:{proxy_port}/0", prefix)
     listener = await make_backend(url=via_proxy, ping_interval=0.05, ping_timeout=0.2)
     publisher = await make_backend()
-    received = Received(listener)
+    return listener, publisher, Received(listener)
+
+
+@redis_only
+async def test_a_deaf_listener_is_detected_and_recovers_without_loss(
+    make_backend: MakeBackend, backend_url: str, muting_proxy: MutingProxy
+) -> None:
+    listener, publisher, received = await _listener_via_proxy(
+        make_backend, backend_url, muting_proxy
+    )
     await listener.listen("deaf")
     sent: list[Event] = []
     task = asyncio.create_task(_publish_continuously(publisher, ["deaf"], 150, sent))
@@ -464,12 +474,9 @@ async def test_a_saturated_event_loop_does_not_make_a_healthy_listener_look_deaf
     # A process at 100% CPU: every turn of the event loop takes ~0.1 s, so the PONG
     # (relayed by a proxy in this same loop: several turns) is read after its 0.2 s
     # deadline although Redis answers at once. Nothing is muted.
-    proxy_port = await muting_proxy.start()
-    _, prefix = parse_url(backend_url)
-    via_proxy = with_prefix(f"redis://127.0.0.1:{proxy_port}/0", prefix)
-    listener = await make_backend(url=via_proxy, ping_interval=0.05, ping_timeout=0.2)
-    publisher = await make_backend()
-    received = Received(listener)
+    listener, publisher, received = await _listener_via_proxy(
+        make_backend, backend_url, muting_proxy
+    )
     await listener.listen("busy")
     sent: list[Event] = []
     until = time.monotonic() + 2.5

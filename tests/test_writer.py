@@ -22,11 +22,9 @@ pytestmark = pytest.mark.asyncio
 N_STALL = 200
 
 
-def publish_batch(server: Server, channel: str, start: int, count: int, pad: int = 0) -> None:
-    messages = [
-        {"channel": channel, "data": {"n": i, "pad": "x" * pad}}
-        for i in range(start, start + count)
-    ]
+def publish_padded(server: Server, channel: str, pads: dict[int, int]) -> None:
+    """One batch request: event ``n`` carries ``{"n": n, "pad": "x" * pads[n]}``."""
+    messages = [{"channel": channel, "data": {"n": n, "pad": "x" * pad}} for n, pad in pads.items()]
     r = httpx.post(
         server.url + "/v1/publish",
         json={"messages": messages},
@@ -34,6 +32,10 @@ def publish_batch(server: Server, channel: str, start: int, count: int, pad: int
         timeout=30,
     )
     r.raise_for_status()
+
+
+def publish_batch(server: Server, channel: str, start: int, count: int, pad: int = 0) -> None:
+    publish_padded(server, channel, dict.fromkeys(range(start, start + count), pad))
 
 
 async def subscribed(ws: Any, channel: str) -> dict[str, Any]:
@@ -188,17 +190,7 @@ async def test_frames_of_every_length_encoding_arrive_intact(server: Server) -> 
     ):
         await subscribed(plain, "sizes")
         await subscribed(batched, "sizes")
-        messages = [
-            {"channel": "sizes", "data": {"n": i, "pad": "x" * size}}
-            for i, size in enumerate(sizes)
-        ]
-        r = httpx.post(
-            server.url + "/v1/publish",
-            json={"messages": messages},
-            headers=server.api_headers,
-            timeout=30,
-        )
-        r.raise_for_status()
+        publish_padded(server, "sizes", dict(enumerate(sizes)))
         for ws, split in ((plain, False), (batched, True)):
             got: list[dict[str, Any]] = []
             async with asyncio.timeout(20):

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -128,12 +129,7 @@ def spawn(
     env.update(extra_env or {})
     cmd = [sys.executable, "-m", "pushsvc", "serve", "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--log-level", "warning"]
-    out = open(log_path, "ab") if log_path is not None else subprocess.DEVNULL  # noqa: SIM115
-    try:
-        popen = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-    finally:
-        if log_path is not None:
-            out.close()  # type: ignore[union-attr]
+    popen = _popen(cmd, env, log_path)
     server = ServerUnderTest(
         f"http://127.0.0.1:{port}",
         secret,
@@ -192,14 +188,7 @@ def spawn_command(
         def preexec() -> None:
             os.sched_setaffinity(0, pinned)
 
-    out = open(log_path, "ab") if log_path is not None else subprocess.DEVNULL  # noqa: SIM115
-    try:
-        popen = subprocess.Popen(
-            cmd, env=full_env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=preexec
-        )
-    finally:
-        if log_path is not None:
-            out.close()  # type: ignore[union-attr]
+    popen = _popen(cmd, full_env, log_path, preexec)
     server = ServerUnderTest(
         f"http://127.0.0.1:{port}",
         None,
@@ -253,3 +242,20 @@ def delete_redis_prefix(redis_url: str, prefix: str) -> int:
         return deleted
     finally:
         client.close()
+
+
+def _popen(
+    cmd: list[str],
+    env: dict[str, str],
+    log_path: Path | None,
+    preexec: Callable[[], None] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` with its output appended to ``log_path`` (or discarded)."""
+    out = open(log_path, "ab") if log_path is not None else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        return subprocess.Popen(
+            cmd, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=preexec
+        )
+    finally:
+        if log_path is not None:
+            out.close()  # type: ignore[union-attr]

@@ -110,7 +110,7 @@ class Writer:
             self.busy = False
             self.task = None
         if session.queue or (session.close_code is not None and not session.finished):
-            session.hub.schedule(session)
+            session.schedule()
 
     def cancel(self) -> None:
         if self.task is not None:
