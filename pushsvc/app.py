@@ -8,6 +8,7 @@ Starlette/FastAPI application.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 from collections.abc import AsyncIterator
@@ -20,7 +21,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pushsvc import api
 from pushsvc.auth import Authenticator
@@ -33,7 +34,7 @@ from pushsvc.logs import install_redaction
 from pushsvc.metrics import metrics_endpoint
 from pushsvc.settings import Settings
 from pushsvc.transports._common import serve_endpoint
-from pushsvc.transports.longpoll import poll_endpoint
+from pushsvc.transports.longpoll import PollTransport, serve_poll
 from pushsvc.transports.sse import sse_endpoint
 from pushsvc.transports.websocket import WebSocketTransport, serve_websocket
 
@@ -70,7 +71,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/v1/publish", api.publish, methods=["POST"]),
         Route("/v1/negotiate", api.negotiate, methods=["POST"]),
         Route("/v1/sse", sse_endpoint, methods=["GET"]),
-        Route("/v1/poll", poll_endpoint, methods=["GET"]),
+        Route("/v1/poll", PollTransport(), methods=["GET"]),
         WebSocketRoute("/v1/ws", WebSocketTransport()),
         Route("/v1/channels/{channel:path}/history", api.history, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
@@ -125,7 +126,10 @@ class PushApp(Starlette):
     takes the normal route."""
 
     direct_http = True
-    _direct_get = {"/v1/sse": sse_endpoint, "/v1/poll": poll_endpoint}
+    _direct_get: dict[str, ASGIApp] = {
+        "/v1/sse": functools.partial(serve_endpoint, sse_endpoint),
+        "/v1/poll": serve_poll,
+    }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -138,7 +142,7 @@ class PushApp(Starlette):
             endpoint = self._direct_get.get(_route_path(scope))
             if endpoint is not None:
                 scope["app"] = self
-                await serve_endpoint(endpoint, scope, receive, send)
+                await endpoint(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
 

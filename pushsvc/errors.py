@@ -15,6 +15,13 @@ from pushsvc.exceptions import PushError
 log = logging.getLogger("pushsvc")
 
 PROBLEM_JSON = "application/problem+json"
+INTERNAL_ERROR_BODY = json.dumps(
+    {
+        "type": "https://pushsvc.dev/problems/internal-error",
+        "title": "Internal error",
+        "status": 500,
+    }
+)
 
 
 def problem_response(exc: PushError) -> Response:
@@ -51,9 +58,4 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
 
 async def unexpected_error_handler(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    body = {
-        "type": "https://pushsvc.dev/problems/internal-error",
-        "title": "Internal error",
-        "status": 500,
-    }
-    return Response(json.dumps(body), status_code=500, media_type=PROBLEM_JSON)
+    return Response(INTERNAL_ERROR_BODY, status_code=500, media_type=PROBLEM_JSON)

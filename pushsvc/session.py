@@ -68,7 +68,7 @@ class Session:
         self.queue: list[Frame] = []  # a list: an empty deque costs a 600-byte block
         self.queued_bytes = 0
         # created on first use: most sessions never wait for either
-        self._wakeup: asyncio.Event | None = None  # long-poll: frames queued
+        self._wakeup: asyncio.Future[bool] | None = None  # long-poll: waiting for frames
         self._drained: asyncio.Event | None = None  # history replay: room in the queue
         self.writer: Writer | None = None  # set by WebSocket and SSE transports
         self.scheduled = False  # waiting in the hub's flush list
@@ -239,8 +239,8 @@ class Session:
     def _notify(self) -> None:
         if self.writer is not None:
             self.schedule()
-        elif self._wakeup is not None:
-            self._wakeup.set()
+        elif self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(True)
 
     def schedule(self) -> None:
         """Put this session on the hub's next write pass (once until it is written)."""
@@ -252,20 +252,19 @@ class Session:
 
     async def wait(self, timeout: float | None = None) -> bool:
         """Long-poll: wait until frames are queued or the session closed; False on
-        timeout."""
+        timeout. One future and one timer handle: no task, unlike ``wait_for``."""
         if self.queue or self.close_code is not None:
             return True
-        if self._wakeup is None:
-            self._wakeup = asyncio.Event()
-        self._wakeup.clear()
-        if timeout is None:
-            await self._wakeup.wait()
-            return True
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        self._wakeup = waiter
+        timer = None if timeout is None else loop.call_later(timeout, _time_out, waiter)
         try:
-            await asyncio.wait_for(self._wakeup.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+            return await waiter
+        finally:
+            self._wakeup = None
+            if timer is not None:
+                timer.cancel()
 
     def drain(self) -> list[Frame]:
         frames = self.queue
@@ -293,3 +292,8 @@ class Session:
         self.channels.clear()
         self.hub.leave(self, channels)
         self.hub.forget(self)
+
+
+def _time_out(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)

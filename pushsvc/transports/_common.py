@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -46,6 +46,55 @@ async def serve_endpoint(
         response = await unexpected_error_handler(request, exc)
     del request  # not kept alive by this frame while a stream is open
     await response(scope, receive, send)
+
+
+class Query(dict[str, list[str]]):
+    """A query string's parameters, with the ``get``/``getlist`` that Starlette's
+    ``QueryParams`` offers: the last value (as Starlette), every value."""
+
+    def get(self, key: str, default: Any = None) -> Any:
+        values = dict.get(self, key)
+        return values[-1] if values else default
+
+    def getlist(self, key: str) -> list[str]:
+        return dict.get(self, key) or []
+
+
+def query_from(scope: Scope) -> Query:
+    """Parse ``scope["query_string"]`` as Starlette does (``parse_qsl``, blank values
+    kept), decoding only the parts that are encoded."""
+    query = Query()
+    raw: bytes = scope.get("query_string", b"")
+    if not raw:
+        return query
+    for part in raw.decode("latin-1").split("&"):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        if "%" in part or "+" in part:
+            name, value = unquote_plus(name), unquote_plus(value)
+        values = dict.get(query, name)
+        if values is None:
+            query[name] = [value]
+        else:
+            values.append(value)
+    return query
+
+
+class ScopeHeaders:
+    """``get`` on an ASGI scope's headers (lower-case names), without building them all."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, scope: Scope) -> None:
+        self.raw: list[tuple[bytes, bytes]] = scope["headers"]
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        key = name.encode("latin-1")
+        for k, v in self.raw:
+            if k == key:
+                return v.decode("latin-1")
+        return default
 
 
 def state(scope: Any) -> tuple[Settings, Hub, Authenticator]:

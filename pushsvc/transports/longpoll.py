@@ -6,35 +6,85 @@ log after the cursor) and answers ``{"events": [...], "cursor": "..."}`` in one 
 soon as something is pending, or with no events at the timeout (default below the common
 30 s proxy timeout). One answer holds at most about one history page; the cursor says
 where the next poll goes on.
+
+A poll is a whole HTTP request per answer, so its cost is the transport's cost: the
+endpoint is a plain ASGI app (no Starlette ``Request``/``Response``, the query string
+parsed once by ``query_from``), waits on one future with a timer handle, and watches for
+the client's disconnect by driving ``receive`` from callbacks (``DisconnectWatch``)
+rather than from a task of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import json
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any, cast
 
-from starlette.requests import Request
-from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
-from pushsvc.exceptions import BadRequest
+from pushsvc.errors import INTERNAL_ERROR_BODY, PROBLEM_JSON
+from pushsvc.exceptions import BadRequest, PushError
 from pushsvc.protocol import frames
 from pushsvc.session import Session
-from pushsvc.transports._common import open_request, state
+from pushsvc.transports._common import ScopeHeaders, open_request, query_from, state
 from pushsvc.wires import PollWire
 
+log = logging.getLogger("pushsvc.poll")
 
-async def poll_endpoint(request: Request) -> Response:
-    settings, hub, auth = state(request.scope)
-    query = request.query_params
-    opening = open_request(settings, hub, auth, request.headers, query, query.get("cursor"))
+_JSON_HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
+_PROBLEM = (b"content-type", PROBLEM_JSON.encode())
+
+
+class PollTransport:
+    """The long-poll endpoint as an ASGI app (an instance, so that Starlette's ``Route``
+    does not wrap it as a request/response function)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await serve_poll(scope, receive, send)
+
+
+async def serve_poll(scope: Scope, receive: Receive, send: Send) -> None:
+    """Answer one poll; errors are answered with problem bodies."""
+    headers = _JSON_HEADERS
+    status = 200
+    try:
+        body = await _poll(scope, receive)
+    except PushError as exc:
+        scope["app"].state.metrics.error(exc)
+        status = exc.status
+        body = json.dumps(exc.problem_body()).encode()
+        headers = [_PROBLEM] + [
+            (k.lower().encode("latin-1"), str(v).encode("latin-1"))
+            for k, v in (exc.headers or {}).items()
+        ]
+    except Exception:
+        log.exception("unhandled error on GET %s", scope.get("path"))
+        status = 500
+        body = INTERNAL_ERROR_BODY.encode()
+        headers = [_PROBLEM]
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _poll(scope: Scope, receive: Receive) -> bytes:
+    settings, hub, auth = state(scope)
+    query = query_from(scope)
+    opening = open_request(settings, hub, auth, ScopeHeaders(scope), query, query.get("cursor"))
     timeout = _timeout(
         query.get("timeout"), settings.poll_timeout_default, settings.poll_timeout_max
     )
-
     session = Session(hub, opening.principal, PollWire())
     session.bounded_replay = True
     hub.register(session)
-    disconnect = asyncio.create_task(_disconnected(request, session))
+    watch = DisconnectWatch(receive, session.close)
     try:
         await session.subscribe(opening.channels, opening.positions)
         if not session.queue and session.close_code is None:
@@ -43,23 +93,73 @@ async def poll_endpoint(request: Request) -> Response:
         body = frames.poll_response(items, session.cursor)  # type: ignore[arg-type]
         hub.metrics.poll.wrote(items)
     finally:
-        disconnect.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await disconnect
+        watch.stop()
         session.release()
-    return Response(
-        body,
-        media_type="application/json",
-        headers={"Cache-Control": "no-store"},
-    )
+    return body
 
 
-async def _disconnected(request: Request, session: Session) -> None:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            session.close()
+class DisconnectWatch:
+    """Calls ``on_disconnect`` when ASGI ``receive`` says ``http.disconnect``, without a
+    task: each ``receive()`` coroutine is started by hand and resumed from the done
+    callback of the future it waits on (what a Task would do, one object fewer per
+    request). A coroutine that yields anything but a future is resumed on the next loop
+    turn."""
+
+    __slots__ = ("coro", "on_disconnect", "receive", "waiting")
+
+    def __init__(self, receive: Receive, on_disconnect: Callable[[], object]) -> None:
+        self.receive = receive
+        self.on_disconnect = on_disconnect
+        self.coro: Coroutine[Any, Any, Any] | None = None
+        self.waiting: Any = None
+        self._step()
+
+    def _step(self, _done: object = None) -> None:
+        self.waiting = None
+        while self.on_disconnect is not _ignore:
+            if self.coro is None:
+                self.coro = cast("Coroutine[Any, Any, Any]", self.receive())
+            try:
+                waiting = self.coro.send(None)
+            except StopIteration as stop:
+                self.coro = None
+                message = stop.value or {}
+                if message.get("type") == "http.disconnect":
+                    self.on_disconnect()
+                    return
+                continue  # the request (body) message: read on
+            except Exception:
+                self.coro = None
+                log.debug("receive failed while polling", exc_info=True)
+                self.on_disconnect()
+                return
+            if asyncio.isfuture(waiting):
+                # As Task.__step does: the future was yielded to us; resuming the
+                # coroutine after it is done requires the flag to be reset.
+                waiting._asyncio_future_blocking = False
+                self.waiting = waiting
+                waiting.add_done_callback(self._step)
+            else:
+                asyncio.get_running_loop().call_soon(self._step)
+                self.waiting = _LOOP_TURN
             return
+
+    def stop(self) -> None:
+        """The answer is written (or failed): stop watching; nothing is left waiting."""
+        if self.waiting is not None and self.waiting is not _LOOP_TURN:
+            self.waiting.remove_done_callback(self._step)
+        self.waiting = None
+        self.on_disconnect = _ignore
+        if self.coro is not None:
+            self.coro.close()
+            self.coro = None
+
+
+_LOOP_TURN = object()
+
+
+def _ignore() -> None:
+    pass
 
 
 def _timeout(raw: str | None, default: float, maximum: float) -> float:
