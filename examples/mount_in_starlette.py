@@ -24,7 +24,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 
 from pushsvc import Settings
-from pushsvc._uvicorn import WS_PROTOCOL
+from pushsvc._uvicorn import HTTP_PROTOCOL, WS_PROTOCOL
 from pushsvc.app import create_app
 from pushsvc.cli import GracefulServer
 
@@ -100,6 +100,7 @@ async def main() -> int:
         host="127.0.0.1",
         port=port,
         ws=WS_PROTOCOL,  # as `pushsvc serve`: uvicorn's sans-I/O WebSocket, leaner ...
+        http=HTTP_PROTOCOL,  # ... its httptools HTTP, leaner per open stream or poll ...
         ws_per_message_deflate=False,  # ... and no ~300 KiB deflate state per connection
         timeout_graceful_shutdown=5,
         log_level="warning",

@@ -37,7 +37,7 @@ import httpx
 import uvicorn
 
 from pushsvc.__version__ import __version__
-from pushsvc._uvicorn import WS_PROTOCOL
+from pushsvc._uvicorn import HTTP_PROTOCOL, WS_PROTOCOL
 from pushsvc.bench import bench
 from pushsvc.exceptions import ConfigError
 from pushsvc.settings import Settings
@@ -189,6 +189,7 @@ def serve(
         "host": host,
         "port": port,
         "ws": WS_PROTOCOL,
+        "http": HTTP_PROTOCOL,
         "ws_per_message_deflate": False,
         "ws_max_size": settings.max_frame_bytes,
         "log_level": log_level,

@@ -81,6 +81,8 @@ class Server:
             str(self.port),
             "--ws",
             "pushsvc._uvicorn:LeanWebSocketProtocol",
+            "--http",
+            "pushsvc._uvicorn:LeanHttpToolsProtocol",
             "--log-level",
             self.log_level,
         ]

@@ -337,4 +337,10 @@ class _Connection:
         if self.tasks is None:
             self.tasks = set()
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if self.tasks is not None:
+            self.tasks.discard(task)
+            if not self.tasks:
+                self.tasks = None  # an idle connection keeps no empty set
