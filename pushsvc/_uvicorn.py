@@ -16,10 +16,11 @@ extension ``pushsvc.write_texts``: the hub's writer (``pushsvc.transports._write
 it with the UTF-8 payloads of one or more text messages, and it frames them (a server's
 frames are not masked; no extension is negotiated without deflate) and hands them to the
 transport in ONE ``write``. It declines (returns False) whenever the normal ``send`` must
-decide instead: the handshake not done, a close sent or received, the socket pushing back
-(flow control), an extension negotiated. That path skips only the per-message
-bookkeeping of ``send`` and of the ``websockets`` protocol, which keeps none for
-outgoing data frames; what goes on the wire is the same.
+decide instead: the handshake not done, a close received, the socket pushing back (flow
+control), an extension negotiated; it returns None once this side has closed the
+connection itself (uvicorn's ping timed out), where ``send`` would raise a RuntimeError.
+That path skips only the per-message bookkeeping of ``send`` and of the ``websockets``
+protocol, which keeps none for outgoing data frames; what goes on the wire is the same.
 
 ``LeanHttpToolsProtocol`` does the same for uvicorn's ``httptools`` HTTP protocol, which
 an SSE stream or a pending long-poll holds as long as it is open: the request's
@@ -191,19 +192,23 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
         if scope is not None:  # the app's task has not run yet: it will see this
             scope["extensions"][WRITE_TEXTS] = self.write_texts
 
-    def write_texts(self, payloads: Sequence[bytes]) -> bool:
+    def write_texts(self, payloads: Sequence[bytes]) -> bool | None:
         """Write each payload as one unfragmented text message, all in one transport
-        write; False (nothing written) when ``send`` must handle it."""
+        write. False (nothing written) when ``send`` must handle it; None when this
+        side already closed the connection (a protocol ping timed out, say), where
+        ``send`` would raise: nothing more can go out. No payloads: only the check."""
+        if self.close_sent or self.disconnected:
+            return None
         if (
             not self.handshake_complete
-            or self.close_sent
-            or self.disconnected
             or not self.writable.is_set()
             or self.conn.state is not State.OPEN
             or self.conn.extensions
             or self.conn.expect_continuation_frame
         ):
             return False
+        if not payloads:
+            return True
         parts: list[bytes] = []
         for data in payloads:
             n = len(data)

@@ -5,12 +5,21 @@ WebSockets through a real server."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import socket
+from typing import Any
 
 import pytest
 
 from pushsvc._uvicorn import LeanDeque, LeanEvent, LeanQueue
+from pushsvc.auth import Principal
+from pushsvc.backends.memory import MemoryBackend
+from pushsvc.hub import Hub
+from pushsvc.session import Session
+from pushsvc.settings import Settings
+from pushsvc.transports.websocket import WebSocketWriter
+from pushsvc.wires import WebSocketWire
 from tests.fixtures_server import Server
 
 
@@ -86,3 +95,39 @@ def test_pipelined_requests_are_answered_in_order(server: Server) -> None:
             data += chunk
     statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", data)
     assert statuses == [b"200", b"404", b"200"]
+
+
+@pytest.mark.asyncio
+async def test_writer_stops_quietly_when_the_server_closed_the_socket_itself(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """uvicorn closes a WebSocket whose ping went unanswered; until the disconnect
+    reaches the app, ``send`` would raise a RuntimeError. The lean protocol's
+    ``write_texts`` says None then, and the writer stops without an error."""
+    hub = Hub(MemoryBackend(), Settings(backend_url="memory://"))
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+        raise RuntimeError("Unexpected ASGI message 'websocket.send', after sending close")
+
+    answers: list[bool | None] = [True, None]
+    written: list[list[bytes]] = []
+
+    def write_texts(payloads: list[bytes]) -> bool | None:
+        written.append(payloads)
+        return answers.pop(0)
+
+    session = Session(hub, Principal("t", subscribe=("*",)), WebSocketWire())
+    session.writer = writer = WebSocketWriter(send, hub.metrics.websocket, False, write_texts)
+    session.queue.append('{"type":"event","n":1}')
+    writer.flush(session)
+    assert written == [[b'{"type":"event","n":1}']] and not session.queue
+    session.queue.append('{"type":"event","n":2}')
+    with caplog.at_level(logging.DEBUG, logger="pushsvc"):
+        writer.flush(session)
+        assert session.finished and session.close_code is not None and not session.queue
+        session.queue.append('{"type":"event","n":3}')
+        writer.flush(session)  # nothing more is tried
+    assert sent == [] and len(written) == 2
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

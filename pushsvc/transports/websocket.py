@@ -106,7 +106,7 @@ class WebSocketWriter(Writer):
         send: Send,
         stats: TransportStats,
         batch: bool,
-        write_texts: Callable[[list[bytes]], bool] | None = None,
+        write_texts: Callable[[list[bytes]], bool | None] | None = None,
     ) -> None:
         super().__init__(send, stats)
         self.batch = batch
@@ -114,21 +114,25 @@ class WebSocketWriter(Writer):
 
     def flush(self, session: Session) -> None:
         write_texts = self.write_texts
-        frames = session.queue
-        if (
-            write_texts is not None
-            and frames
-            and not self.busy
-            and session.close_code is None
-            and all(type(f) is str for f in frames)
-        ):
-            if len(frames) == 1:
-                payloads = [frames[0].encode()]  # type: ignore[union-attr]
-            elif self.batch:
-                payloads = ["\n".join(frames).encode()]  # type: ignore[arg-type]
-            else:
-                payloads = [f.encode() for f in frames]  # type: ignore[union-attr]
-            if write_texts(payloads):
+        if write_texts is not None and not self.busy and not session.finished:
+            frames = session.queue
+            payloads: list[bytes] = []  # none: only ask whether the connection is open
+            if frames and session.close_code is None and all(type(f) is str for f in frames):
+                if len(frames) == 1:
+                    payloads = [frames[0].encode()]  # type: ignore[union-attr]
+                elif self.batch:
+                    payloads = ["\n".join(frames).encode()]  # type: ignore[arg-type]
+                else:
+                    payloads = [f.encode() for f in frames]  # type: ignore[union-attr]
+            written = write_texts(payloads)
+            if written is None:
+                # The server closed the connection itself (its protocol ping timed out):
+                # ``send`` would raise; the read loop gets the disconnect and releases.
+                session.drain()
+                session.finished = True
+                session.close()
+                return
+            if written and payloads:
                 self.stats.wrote(session.drain())
                 return
         super().flush(session)
