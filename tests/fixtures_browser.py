@@ -164,6 +164,15 @@ class BrowserClient:
         assert self.page is not None
         return await self.page.evaluate(script, arg)
 
+    async def seen_ids(self, channel: str) -> list[str]:
+        """The IDs of ``channel`` the page's ``onEvent`` saw, from the page's own record in
+        sessionStorage (it survives reloads; binding calls from a page being unloaded may
+        not arrive)."""
+        seen = await self._eval(
+            "() => JSON.parse(sessionStorage.getItem('pushsvc-test:seen') || '[]')"
+        )
+        return [event_id for ch, event_id in seen if ch == channel]
+
     async def transport(self) -> str | None:
         result: str | None = await self._eval("() => window.client && window.client.transport")
         return result
