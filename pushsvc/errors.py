@@ -15,7 +15,7 @@ from pushsvc.exceptions import PushError
 log = logging.getLogger("pushsvc")
 
 PROBLEM_JSON = "application/problem+json"
-INTERNAL_ERROR_BODY = json.dumps(
+_INTERNAL_ERROR_BODY = json.dumps(
     {
         "type": "https://pushsvc.dev/problems/internal-error",
         "title": "Internal error",
@@ -58,4 +58,9 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
 
 async def unexpected_error_handler(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return Response(INTERNAL_ERROR_BODY, status_code=500, media_type=PROBLEM_JSON)
+    return internal_error_response()
+
+
+def internal_error_response() -> Response:
+    """500 with a problem body that says nothing about the failure (it is logged)."""
+    return Response(_INTERNAL_ERROR_BODY, status_code=500, media_type=PROBLEM_JSON)

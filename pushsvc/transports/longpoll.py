@@ -17,14 +17,13 @@ rather than from a task of its own.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 from starlette.types import Receive, Scope, Send
 
-from pushsvc.errors import INTERNAL_ERROR_BODY, PROBLEM_JSON
+from pushsvc.errors import internal_error_response, problem_response
 from pushsvc.exceptions import BadRequest, PushError
 from pushsvc.protocol import frames
 from pushsvc.session import Session
@@ -34,7 +33,6 @@ from pushsvc.wires import PollWire
 log = logging.getLogger("pushsvc.poll")
 
 _JSON_HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
-_PROBLEM = (b"content-type", PROBLEM_JSON.encode())
 
 
 class PollTransport:
@@ -46,29 +44,22 @@ class PollTransport:
 
 
 async def serve_poll(scope: Scope, receive: Receive, send: Send) -> None:
-    """Answer one poll; errors are answered with problem bodies."""
-    headers = _JSON_HEADERS
-    status = 200
+    """Answer one poll; errors are answered with problem bodies (as the app's handlers)."""
     try:
         body = await _poll(scope, receive)
     except PushError as exc:
         scope["app"].state.metrics.error(exc)
-        status = exc.status
-        body = json.dumps(exc.problem_body()).encode()
-        headers = [_PROBLEM] + [
-            (k.lower().encode("latin-1"), str(v).encode("latin-1"))
-            for k, v in (exc.headers or {}).items()
-        ]
+        await problem_response(exc)(scope, receive, send)
+        return
     except Exception:
         log.exception("unhandled error on GET %s", scope.get("path"))
-        status = 500
-        body = INTERNAL_ERROR_BODY.encode()
-        headers = [_PROBLEM]
+        await internal_error_response()(scope, receive, send)
+        return
     await send(
         {
             "type": "http.response.start",
-            "status": status,
-            "headers": [*headers, (b"content-length", str(len(body)).encode())],
+            "status": 200,
+            "headers": [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())],
         }
     )
     await send({"type": "http.response.body", "body": body})
