@@ -25,7 +25,7 @@ from typing import Any
 from pushsvc.backends.base import Backend, ReadResult
 from pushsvc.metrics import Metrics
 from pushsvc.protocol import codes
-from pushsvc.protocol.events import Event
+from pushsvc.protocol.events import Event, Gap
 from pushsvc.protocol.ids import StreamId
 from pushsvc.session import Session
 from pushsvc.settings import Settings
@@ -106,7 +106,7 @@ class Hub:
         self._lingering: dict[str, asyncio.TimerHandle] = {}
         self._left: dict[str, float] = {}
         self._flushing = False
-        backend.set_sink(self._dispatch)
+        backend.set_sink(self._dispatch, self._dispatch_gap)
 
     async def start(self) -> None:
         await self.backend.start()
@@ -261,6 +261,14 @@ class Hub:
             frames: dict[type[Wire], Frame] = {}  # encoded once per wire for all sessions
             for session in tuple(subs):
                 session.on_live(event, frames)
+
+    def _dispatch_gap(self, gap: Gap) -> None:
+        """The listener found events trimmed before it could pass them on: every session
+        on the channel that had not got past them gets the gap in-band."""
+        if gap.channel in self._recent:  # what it remembered is no longer contiguous
+            self._recent[gap.channel] = RecentEvents(self.backend.listener_status().reconnects)
+        for session in tuple(self._subs.get(gap.channel, ())):
+            session.on_gap(gap)
 
     def schedule(self, session: Session) -> None:
         """Queue ``session`` for the next flush pass (``Session.push`` calls this once

@@ -164,6 +164,14 @@ class Session:
                     self._emit(event)
                 return
 
+    def on_gap(self, gap: Gap) -> None:
+        """The listener lost ``gap``'s events (trimmed during an outage): report the part
+        this session had not got past, and go on after it."""
+        pos = self.channels.get(gap.channel)
+        if pos is None or gap.until <= pos.position:
+            return
+        self._emit_gap(Gap(gap.channel, pos.position, gap.until), pos)
+
     def _emit_gap(self, gap: Gap, pos: ChannelPosition) -> None:
         self.hub.metrics.gap(self, gap)
         pos.position = gap.until

@@ -506,3 +506,30 @@ async def test_a_listen_while_redis_is_unreachable_fails_clearly(
     with pytest.raises(BackendError, match="no subscription"):
         await listener.listen("c")
     assert listener.listener_status().channels == 0
+
+
+@redis_only
+async def test_events_trimmed_while_the_listener_was_away_come_as_a_gap(
+    make_backend: MakeBackend, backend_url: str, muting_proxy: MutingProxy
+) -> None:
+    """A listener cut off long enough for retention to trim what it had not passed on
+    reports the hole to the gap sink, then passes on what is left: nothing is skipped
+    silently."""
+    proxy_port = await muting_proxy.start()
+    _, prefix = parse_url(backend_url)
+    via_proxy = with_prefix(f"redis://127.0.0.1:{proxy_port}/0", prefix)
+    listener = await make_backend(url=via_proxy, ping_interval=0.05, ping_timeout=0.2)
+    publisher = await make_backend(Retention(max_len=5, approximate=False))
+    received = Received(listener)
+    gaps: list[Gap] = []
+    listener.set_sink(received, gaps.append)
+    await listener.listen("trim")
+    seen = [await publisher.append(msg("trim", 0))]
+    await received.wait_for(1)
+    muting_proxy.mute_listeners()
+    missed = await publisher.append_many([msg("trim", i) for i in range(1, 31)])  # one call
+    await received.wait_for(1 + 5)
+    await asyncio.sleep(0.05)
+    assert gaps == [Gap("trim", seen[0].id, missed[-6].id)]
+    assert received.ids("trim") == [e.id for e in seen + missed[-5:]]
+    assert listener.listener_status().reconnects >= 1

@@ -4,6 +4,7 @@ channel listened for a while after its last session left (pushsvc.hub)."""
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -13,6 +14,8 @@ from pushsvc.auth import Principal
 from pushsvc.backends.base import ListenerStatus, Message, Retention
 from pushsvc.backends.memory import MemoryBackend
 from pushsvc.hub import RECENT_EVENTS, Hub
+from pushsvc.protocol.events import Gap
+from pushsvc.protocol.ids import format_id
 from pushsvc.session import Session
 from pushsvc.settings import Settings
 from pushsvc.wires import PollWire
@@ -159,5 +162,34 @@ async def test_the_confirmed_top_of_a_quiet_channel_is_answered_from_memory() ->
         # an older position is not known here
         await hub.read_after("c", old[0].id, 10)
         assert backend.reads == 2
+    finally:
+        await hub.close()
+
+
+async def test_a_listener_gap_reaches_every_session_that_had_not_got_past_it() -> None:
+    hub, backend = await started_hub()
+    try:
+        s = session(hub)
+        await s.subscribe(["c"], {})
+        events = await publish(backend, "c", 2)
+        assert len(s.drain()) == 2
+        assert hub._recent["c"].ids
+        cursor = s.cursor
+        # the listener reports two events it lost (trimmed during an outage)
+        until = (events[1].id[0], events[1].id[1] + 2)
+        hub._dispatch_gap(Gap("c", events[1].id, until))
+        frames = s.drain()
+        assert [json.loads(f) for f in frames] == [
+            {
+                "type": "gap",
+                "channel": "c",
+                "after": format_id(events[1].id),
+                "until": format_id(until),
+            }
+        ]
+        assert s.channels["c"].position == until and s.cursor != cursor
+        assert not hub._recent["c"].ids  # what it remembered is no longer contiguous
+        hub._dispatch_gap(Gap("c", events[0].id, until))  # already past it: nothing more
+        assert s.drain() == []
     finally:
         await hub.close()

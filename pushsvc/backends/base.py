@@ -20,7 +20,9 @@ Guarantees:
   to that channel afterwards is passed to the sink, exactly once and in ID order per
   channel, including across lost connections to the backend (the listener remembers
   the last ID per channel and re-reads the log after reconnecting). The sink is called
-  from the event loop and must not block.
+  from the event loop and must not block. When that re-read finds events trimmed before
+  they could be passed on (a long outage on a busy channel), the ``Gap`` goes to the gap
+  sink first, then the events after it: nothing is skipped silently.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from pushsvc.protocol.events import Event, Gap
 from pushsvc.protocol.ids import StreamId
 
 Sink = Callable[[Event], None]
+GapSink = Callable[[Gap], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,10 +77,13 @@ class Backend(abc.ABC):
     def __init__(self, retention: Retention) -> None:
         self.retention = retention
         self._sink: Sink | None = None
+        self._gap_sink: GapSink | None = None
 
-    def set_sink(self, sink: Sink) -> None:
-        """Where live events go (the process's hub). Set before ``listen``."""
+    def set_sink(self, sink: Sink, gap_sink: GapSink | None = None) -> None:
+        """Where live events go (the process's hub), and the listener's gaps. Set before
+        ``listen``."""
         self._sink = sink
+        self._gap_sink = gap_sink
 
     @abc.abstractmethod
     async def start(self) -> None:

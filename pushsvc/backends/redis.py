@@ -736,6 +736,11 @@ class RedisBackend(Backend):
                     chan.name,
                     *res.gap.until,
                 )
+                if self._gap_sink is not None:
+                    try:
+                        self._gap_sink(res.gap)
+                    except Exception:
+                        log.exception("the gap sink failed on %r", chan.name)
             for event in res.events:
                 self._deliver(chan, event)
             if len(res.events) < CATCH_UP_PAGE:
