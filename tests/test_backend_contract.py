@@ -432,7 +432,10 @@ async def muting_proxy(redis_server_url: str) -> AsyncIterator[MutingProxy]:
 
 
 async def _listener_via_proxy(
-    make_backend: MakeBackend, backend_url: str, muting_proxy: MutingProxy
+    make_backend: MakeBackend,
+    backend_url: str,
+    muting_proxy: MutingProxy,
+    publisher_retention: Retention | None = None,
 ) -> tuple[Backend, Backend, Received]:
     """A listener that reaches Redis through the proxy (pinging every 50 ms, deaf after
     200 ms), a publisher that does not, and what the listener receives."""
@@ -440,7 +443,7 @@ async def _listener_via_proxy(
     _, prefix = parse_url(backend_url)
     via_proxy = with_prefix(f"redis://127.0.0.1:{proxy_port}/0", prefix)
     listener = await make_backend(url=via_proxy, ping_interval=0.05, ping_timeout=0.2)
-    publisher = await make_backend()
+    publisher = await make_backend(publisher_retention)
     return listener, publisher, Received(listener)
 
 
@@ -515,12 +518,9 @@ async def test_events_trimmed_while_the_listener_was_away_come_as_a_gap(
     """A listener cut off long enough for retention to trim what it had not passed on
     reports the hole to the gap sink, then passes on what is left: nothing is skipped
     silently."""
-    proxy_port = await muting_proxy.start()
-    _, prefix = parse_url(backend_url)
-    via_proxy = with_prefix(f"redis://127.0.0.1:{proxy_port}/0", prefix)
-    listener = await make_backend(url=via_proxy, ping_interval=0.05, ping_timeout=0.2)
-    publisher = await make_backend(Retention(max_len=5, approximate=False))
-    received = Received(listener)
+    listener, publisher, received = await _listener_via_proxy(
+        make_backend, backend_url, muting_proxy, Retention(max_len=5, approximate=False)
+    )
     gaps: list[Gap] = []
     listener.set_sink(received, gaps.append)
     await listener.listen("trim")
