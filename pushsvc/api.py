@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets as _secrets
 import time
@@ -14,15 +15,17 @@ from pushsvc.auth import Principal, credential_from
 from pushsvc.backends.base import Message
 from pushsvc.exceptions import BackendError, BadRequest, PayloadTooLarge, PushError
 from pushsvc.protocol import client_frames, frames
+from pushsvc.protocol import cursor as cursor_codec
 from pushsvc.protocol.events import dump_json
 from pushsvc.protocol.ids import format_id, parse_id
-from pushsvc.protocol.names import check_channel, check_event_name
-from pushsvc.transports._common import limit_publish, state
+from pushsvc.protocol.names import check_channel, check_channels, check_event_name
+from pushsvc.transports._common import limit_publish, positions_from, state
 
 TRANSPORTS = ("websocket", "sse", "long-polling")
 
 
-async def read_json(request: Request, limit: int) -> Any:
+async def read_json(request: Request, limit: int, *, optional: bool = False) -> Any:
+    """The request's JSON body (``None`` for an empty one when ``optional``)."""
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise PayloadTooLarge(f"body over {limit} bytes")
@@ -31,6 +34,8 @@ async def read_json(request: Request, limit: int) -> Any:
         body += chunk
         if len(body) > limit:
             raise PayloadTooLarge(f"body over {limit} bytes")
+    if optional and not body.strip():
+        return None
     try:
         return json.loads(body)
     except (ValueError, RecursionError) as exc:
@@ -93,31 +98,74 @@ def _scoped(m: Message, principal: Principal) -> Message:
 
 
 async def negotiate(request: Request) -> Response:
-    settings, _, auth = state(request.scope)
+    """The client's first contact. With channels (JSON body ``{"channels", "cursor"?}`` or
+    ``channel``/``cursor`` query parameters) it also pins where the client starts: the
+    answer's ``cursor`` covers exactly those channels, each at its position in the given
+    cursor or else at the channel's current top. A plain request/response gets through
+    proxies that hold streams back, so a client that probes its transports afterwards
+    resumes every attempt from there and loses nothing published meanwhile."""
+    settings, hub, auth = state(request.scope)
     principal = auth.verify(credential_from(request.headers, request.query_params))
-    return JSONResponse(
-        {
-            "session_id": _secrets.token_urlsafe(12),
-            "subject": principal.subject,
-            "transports": list(TRANSPORTS),
-            "endpoints": {
-                "websocket": "/v1/ws",
-                "sse": "/v1/sse",
-                "long-polling": "/v1/poll",
-                "publish": "/v1/publish",
-            },
-            "heartbeat_interval": settings.heartbeat_interval,
-            "token_expires_at": principal.expires_at,
-            "limits": {
-                "max_channels_per_session": settings.max_channels_per_session,
-                "max_publish_bytes": settings.max_publish_bytes,
-                "max_frame_bytes": settings.max_frame_bytes,
-                "max_batch_messages": settings.max_batch_messages,
-                "poll_timeout_max": settings.poll_timeout_max,
-                "outbound_queue_messages": settings.outbound_queue_messages,
-            },
-        }
+    channels, given = await _negotiate_request(request, settings)
+    body: dict[str, Any] = {
+        "session_id": _secrets.token_urlsafe(12),
+        "subject": principal.subject,
+        "transports": list(TRANSPORTS),
+        "endpoints": {
+            "websocket": "/v1/ws",
+            "sse": "/v1/sse",
+            "long-polling": "/v1/poll",
+            "publish": "/v1/publish",
+        },
+        "heartbeat_interval": settings.heartbeat_interval,
+        "token_expires_at": principal.expires_at,
+        "limits": {
+            "max_channels_per_session": settings.max_channels_per_session,
+            "max_publish_bytes": settings.max_publish_bytes,
+            "max_frame_bytes": settings.max_frame_bytes,
+            "max_batch_messages": settings.max_batch_messages,
+            "poll_timeout_max": settings.poll_timeout_max,
+            "outbound_queue_messages": settings.outbound_queue_messages,
+        },
+    }
+    if channels:
+        principal.check_subscribe(channels)
+        positions = positions_from(given, channels)
+        missing = [c for c, p in positions.items() if p is None]
+        tops = await asyncio.gather(*(hub.backend.top(c) for c in missing))
+        positions.update(zip(missing, tops, strict=True))
+        body["channels"] = channels
+        body["cursor"] = cursor_codec.encode({c: p for c, p in positions.items() if p is not None})
+    return JSONResponse(body)
+
+
+async def _negotiate_request(request: Request, settings: Any) -> tuple[list[str], str | None]:
+    """The channels and cursor of a negotiate request: from a JSON body when there is one,
+    else from the query string."""
+    query = request.query_params
+    raw_channels: Any = query.getlist("channel")
+    given: Any = query.get("cursor") or None
+    limit = cursor_codec.MAX_CURSOR_CHARS + settings.max_channels_per_session * (
+        settings.max_channel_length * 6 + 8
     )
+    payload = await read_json(request, limit, optional=True)
+    if payload is not None:
+        if not isinstance(payload, dict):
+            raise BadRequest("negotiate body must be a JSON object")
+        raw_channels = payload.get("channels", raw_channels)
+        given = payload.get("cursor", given) or None
+    if not isinstance(raw_channels, list):
+        raise BadRequest("channels must be a list of channel names")
+    if given is not None and not isinstance(given, str):
+        raise BadRequest("cursor must be a string")
+    if not raw_channels:
+        if given is not None:
+            raise BadRequest("a cursor needs the channels it positions")
+        return [], None
+    channels = check_channels(
+        raw_channels, settings.max_channels_per_session, settings.max_channel_length
+    )
+    return channels, given
 
 
 async def history(request: Request) -> Response:
@@ -130,6 +178,8 @@ async def history(request: Request) -> Response:
     raw_limit = query.get("limit", "100")
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= settings.history_limit_max:
         raise BadRequest(f"limit must be an integer from 1 to {settings.history_limit_max}")
+    # other channels' positions to keep in the answered cursor (one cursor for several)
+    kept = cursor_codec.decode(query["cursor"]) if query.get("cursor") else {}
     result = await hub.backend.read_after(channel, after, int(raw_limit))
     items = []
     if result.gap is not None:
@@ -140,6 +190,10 @@ async def history(request: Request) -> Response:
         if result.events
         else max(after, result.gap.until if result.gap else after)
     )
+    if not result.events and result.gap is None and after > result.top:
+        last = result.top  # a position past the log (a reset memory backend): its top
+    kept[cursor_codec.channel_hash(channel)] = last
+    cursor = cursor_codec.VERSION + "".join(cursor_codec.segment(h, p) for h, p in kept.items())
     body = (
         b'{"channel":'
         + dump_json(channel)
@@ -149,6 +203,8 @@ async def history(request: Request) -> Response:
         + format_id(result.top).encode()
         + b'","next_after":"'
         + format_id(last).encode()
+        + b'","cursor":"'
+        + cursor.encode()
         + b'"}'
     )
     return Response(body, media_type="application/json")
