@@ -427,8 +427,18 @@ async def _subscribe(
     seen = 0
     if count is not None and count <= 0:
         return
+
+    async def say_pinned() -> None:
+        # the start is pinned at the first contact: every event stored from here on is
+        # printed, whichever transport the client settles on
+        cursor = await client.ready()
+        if not quiet:
+            click.echo(f"pushsvc: start pinned (cursor {cursor})", err=True)
+
     try:
         async with client:
+            pinned = asyncio.create_task(say_pinned())
+            pinned.add_done_callback(_ignore_outcome)
             async for item in client:
                 click.echo(_format(item, as_json))
                 if isinstance(item, Event):
@@ -437,6 +447,11 @@ async def _subscribe(
                         break
     except PushClientError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def _ignore_outcome(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()  # a client that failed says so through its iterator
 
 
 def _format(item: Any, as_json: bool) -> str:

@@ -3,4 +3,5 @@ pytest_plugins = [
     "tests.fixtures_server",
     "tests.fixtures_nginx",
     "tests.fixtures_browser",
+    "tests.fixtures_clients",
 ]

@@ -294,6 +294,35 @@ def test_subscribe_prints_one_plain_line_per_event_as_it_arrives(server: Server)
     assert proc.returncode == 0
 
 
+@memory_only
+def test_subscribe_prints_what_is_published_once_its_start_is_pinned(server: Server) -> None:
+    """The start is pinned before any transport is tried: a publish made as soon as the
+    CLI says so is printed, even when it lands before the stream is open."""
+    channel = f"cli-{uuid.uuid4().hex[:8]}"
+    before = server.publish(channel, "before")
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "pushsvc", "subscribe", channel, "--url", server.url),
+            *("--token", server.token(), "--count", "1", "--transport", "sse"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        while "start pinned" not in (line := proc.stderr.readline()):
+            assert line, "subscribe exited before pinning its start"
+            assert "connected" not in line, "connected before it said the start was pinned"
+        after = server.publish(channel, "after")
+        out, _ = proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+    assert out.splitlines() == [f'{channel} message {after} "after"']
+    assert before != after
+    assert proc.returncode == 0
+
+
 def test_publish_without_credentials_is_a_usage_error() -> None:
     result = CliRunner().invoke(
         main, ["publish", "x", "1"], env={"PUSHSVC_API_KEY": None, "PUSHSVC_TOKEN": None}

@@ -694,6 +694,77 @@ async def test_invalid_token_stops_the_client(server: Server) -> None:
     assert info.value.status == 401
 
 
+# --- the start position -------------------------------------------------------------------
+
+
+@redis_only
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_reconnect_before_the_first_event_resumes_from_the_pinned_start(
+    server_factory: Any, transport: str
+) -> None:
+    """Pinned and connected, no event yet; the server goes away, events are stored through
+    another instance meanwhile, the server comes back: the client's new negotiate and
+    transport start from the pinned position, not from "now"."""
+    a, b = server_factory(), server_factory()  # two instances on one Redis
+    channel = f"quiet-{uuid.uuid4().hex[:8]}"
+    async with Client(
+        a.url, a.token(), [channel], transports=(transport,), backoff_base=0.05, backoff_cap=0.3
+    ) as c:
+        pinned = await c.ready(10)
+        await until(lambda: c.transport is not None)
+        a.stop()
+        await until(lambda: c.transport is None)
+        ids = [b.publish(channel, n) for n in range(3)]
+        a.start()
+        ids.append(a.publish(channel, 3))
+        items = await take(c, 4)
+    assert [i.id for i in items] == ids
+    assert c.cursor != pinned
+
+
+@memory_only
+async def test_ready_answers_the_pinned_cursor_before_any_transport_opens(server: Server) -> None:
+    channel = f"pin-{uuid.uuid4().hex[:8]}"
+    server.publish(channel, "before")
+    states = States()
+    async with Client(server.url, server.token(), [channel], on_state=states) as c:
+        cursor = await c.ready(10)
+        assert cursor.startswith("c1")
+        after = server.publish(channel, "after")
+        items = await take(c, 1)
+    assert [i.id for i in items] == [after]
+    assert items[0].data == "after"
+
+
+async def test_ready_answers_at_once_when_the_given_cursor_covers_every_channel() -> None:
+    from pushsvc.protocol import cursor as cursor_codec
+
+    given = cursor_codec.encode({"a": (5, 0), "b": (7, 1)})
+    client = Client("http://127.0.0.1:9", "t", ["a", "b"], cursor=given)
+    try:
+        assert await client.ready(1) == given
+    finally:
+        await client.close()
+
+
+async def test_ready_raises_when_the_client_closes_before_its_start_is_pinned() -> None:
+    client = Client("http://127.0.0.1:9", "t", ["x"], backoff_base=0.01, backoff_cap=0.05)
+    waiting = asyncio.create_task(client.ready())
+    await until(lambda: client.last_error is not None)  # it tried, and nothing answered
+    await client.close()
+    with pytest.raises(ClientClosed):
+        await waiting
+
+
+@memory_only
+async def test_ready_raises_the_refusal_of_an_ungranted_channel(server: Server) -> None:
+    token = server.token(subscribe=("mine:*",))
+    async with Client(server.url, token, ["theirs"]) as c:
+        with pytest.raises(ServerRejected) as info:
+            await c.ready(10)
+    assert info.value.status == 403
+
+
 # --- without a server ----------------------------------------------------------------------
 
 

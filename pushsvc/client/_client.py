@@ -9,8 +9,15 @@ Choices worth knowing:
   order, and free of duplicates.
 - **The cursor is computed here**, from those positions, with the server's own codec:
   every yielded ``Event`` carries the cursor right after it on every transport (a
-  long-poll answer has one cursor for a whole batch). Positions of channels that have
-  had no event yet are seeded from the server's ``subscribed``/poll cursor.
+  long-poll answer has one cursor for a whole batch).
+- **The start is pinned at the first contact.** A channel without a position (no
+  ``cursor=`` given) gets one from the first ``POST /v1/negotiate``, which answers a
+  cursor at the channels' current tops, before any transport is tried: a plain
+  request/response that buffering proxies pass intact. Every transport attempt and
+  every reconnect then resumes from there or later, so nothing published while the
+  client probes its transports (an SSE stream held back for ``sse_first_byte_timeout``
+  by a gzip-buffering proxy) is lost. ``await client.ready()`` answers once every
+  channel is pinned. (A server that answers no cursor: the ``subscribed``/poll cursor.)
 - **An outage is not a proxy**: a transport that times out opening (no SSE byte within
   the window, a WebSocket handshake) is demoted only if the server answers a
   ``negotiate`` meanwhile (``server_answers`` in ``_transports``); otherwise the server is
@@ -121,6 +128,7 @@ class Client:
         self._hashes = {c: cursor_codec.channel_hash(c) for c in self.channels}
         self._positions: dict[str, tuple[int, int]] = {}
         self._segments: dict[str, str] = {}
+        self._pinned = asyncio.Event()  # every channel has a position
         if cursor:
             try:
                 start = cursor_codec.positions_for(cursor, self.channels)
@@ -183,6 +191,29 @@ class Client:
     @property
     def outbox_size(self) -> int:
         return len(self._outbox)
+
+    async def ready(self, timeout: float | None = None) -> str:
+        """Start the client if needed and wait until every channel's start position is
+        pinned (by the first negotiate, before any transport is tried); answer that
+        cursor. From then on every event stored on the channels is delivered exactly once,
+        whatever transport the client ends on. Raises ``TimeoutError`` after ``timeout``
+        seconds, ``ClientClosed`` or the fatal error when the client stops first."""
+        self.start()
+        async with asyncio.timeout(timeout):
+            while not self._pinned.is_set():
+                if self._fatal is not None:
+                    raise self._fatal
+                if self._closed:
+                    raise ClientClosed()
+                self._ready.clear()
+                waiters = {asyncio.ensure_future(self._pinned.wait())}
+                waiters.add(asyncio.ensure_future(self._ready.wait()))
+                try:
+                    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for w in waiters:
+                        w.cancel()
+        return self._cursor_now() or ""
 
     def start(self) -> None:
         if self._closed:
@@ -253,6 +284,8 @@ class Client:
     def _set_position(self, channel: str, pos: tuple[int, int]) -> None:
         self._positions[channel] = pos
         self._segments[channel] = cursor_codec.segment(self._hashes[channel], pos)
+        if len(self._positions) == len(self.channels):
+            self._pinned.set()
 
     def _cursor_now(self) -> str | None:
         if not self._segments:
@@ -289,7 +322,8 @@ class Client:
             self._call(self.on_gap, gap)
 
     def _seed(self, cursor: str | None) -> None:
-        """Positions for channels without one yet (a quiet channel's top, from the server)."""
+        """Positions for channels without one yet (their tops at the first negotiate, or
+        a server's ``subscribed``/poll cursor); a channel's position never moves back."""
         if not cursor or len(self._positions) == len(self.channels):
             return
         try:
@@ -396,9 +430,14 @@ class Client:
 
     async def _negotiate(self) -> None:
         ctx = self._ctx
+        # the channels and what the client has: the answer pins the rest at their tops
+        body = {"channels": self.channels, "cursor": self._cursor_now()}
         try:
             r = await ctx.http.post(
-                ctx.base_url + "/v1/negotiate", headers=ctx.auth, timeout=ctx.connect_timeout
+                ctx.base_url + "/v1/negotiate",
+                json=body,
+                headers=ctx.auth,
+                timeout=ctx.connect_timeout,
             )
         except httpx.TransportError as exc:
             raise Transient(f"negotiate: {exc!r}") from exc
@@ -418,6 +457,7 @@ class Client:
         ctx.poll_timeout = min(self.poll_timeout, float(limits.get("poll_timeout_max", 25)))
         ctx.max_frame_bytes = int(limits.get("max_frame_bytes", ctx.max_frame_bytes))
         self.negotiated = info
+        self._seed(info.get("cursor"))
 
     async def _open(self, transport: str) -> Connection:
         conn = CONNECTIONS[transport](self._ctx, _Sink(self, transport))
