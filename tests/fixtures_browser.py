@@ -48,6 +48,7 @@ _JS_OPTIONS = {
     "backoff_cap": "backoffCap",
     "outbox_limit": "outboxLimit",
     "storage_key": "storageKey",
+    "cursor": "cursor",
 }
 _SECONDS = {"connect_timeout", "first_event_timeout", "reprobe_interval", "reprobe_max"}
 _SECONDS |= {"backoff_base", "backoff_cap"}
@@ -172,6 +173,24 @@ class BrowserClient:
             "() => JSON.parse(sessionStorage.getItem('pushsvc-test:seen') || '[]')"
         )
         return [event_id for ch, event_id in seen if ch == channel]
+
+    async def ready(self, timeout: float = 15) -> str:
+        """Await ``client.ready()`` in the page: the cursor once every channel's start
+        position is pinned. Raises ``AssertionError`` when the page's promise rejects
+        (``timeout`` after ``timeout`` s, ``closed``, ``refused``)."""
+        outcome = await asyncio.wait_for(
+            self._eval(
+                """(ms) => window.client.ready(ms).then(
+                    (cursor) => ({ cursor }),
+                    (e) => ({ error: `${e.code}: ${e.message}` }),
+                )""",
+                timeout * 1000,
+            ),
+            timeout + 5,
+        )
+        if "error" in outcome:
+            raise AssertionError(f"browser client not ready: {outcome['error']}: {self.logs}")
+        return str(outcome["cursor"])
 
     async def transport(self) -> str | None:
         result: str | None = await self._eval("() => window.client && window.client.transport")

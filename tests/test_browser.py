@@ -1,6 +1,7 @@
 """The browser client (``GET /pushsvc.js``) in headless Chromium: what only a browser page
 has -- sessionStorage across a reload, the outbox bound, gaps, binary events on each
-native transport, a refused token -- through the well-configured nginx.
+native transport, a refused token -- through the well-configured nginx; and the start
+position pinned by negotiate (``ready()``, the ``cursor`` option), through a buffering one.
 
 Transport fallback, restarts and silence for both clients are in ``test_proxies.py``.
 """
@@ -74,6 +75,132 @@ async def test_page_reload_resumes_from_session_storage_without_loss_or_duplicat
     # what reached the test through the page's binding is a subset of it, without dups
     reported = ids(browser_client, "feed")
     assert len(set(reported)) == len(reported) and set(reported) <= set(published)
+
+
+async def test_page_reloaded_while_transports_are_probed_resumes_from_the_pinned_start(
+    server_factory: Any, nginx_factory: Any, browser_client: BrowserClient
+) -> None:
+    """A fresh page behind a buffering proxy: the WebSocket is refused and the SSE stream is
+    held for firstEventTimeout, so no transport has subscribed when the page reloads. The
+    start pinned by negotiate is in sessionStorage already: the reloaded page delivers what
+    was published during the reload, once, in order (a client that started "from now" per
+    attempt lost it)."""
+    server = server_factory(heartbeat_interval=1)
+    proxy = nginx_factory("buffering", server.port)
+    await browser_client.start(
+        proxy.url, server.token(), ["quiet"], first_event_timeout=3.0, **FAST
+    )
+    pinned = await browser_client.ready()
+    await wait_until(lambda: browser_client.log_kinds("pinned"), 5, "the pinned log entry")
+    assert browser_client.log_kinds("pinned")[0]["detail"] == "negotiate"
+    await wait_until(
+        lambda: any(e.get("transport") == "sse" for e in browser_client.log_kinds("try")),
+        10,
+        "the SSE attempt (held by the proxy)",
+    )
+    assert await browser_client.transport() is None  # nothing subscribed yet
+
+    reloading = asyncio.create_task(browser_client.reload())
+    published = [await asyncio.to_thread(server.publish, "quiet", {"n": n}) for n in range(3)]
+    await reloading
+    # the reloaded client starts from the stored pinned cursor, before any frame
+    assert await browser_client._eval("() => window.client.cursor") == pinned
+    assert await browser_client.wait_connected(20) == "long-polling"
+    seen: list[str] = []
+    deadline = time.monotonic() + 10
+    while len(seen) < 3 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        seen = await browser_client.seen_ids("quiet")
+    await asyncio.sleep(0.5)  # a window in which no duplicate may arrive
+    assert await browser_client.seen_ids("quiet") == published, browser_client.logs
+
+
+async def test_cursor_option_starts_after_the_history_the_page_loaded(
+    proxied: tuple[Server, Nginx], browser_client: BrowserClient
+) -> None:
+    """Load-then-subscribe: the history's ``cursor`` after event 3 of 5 starts the client at
+    event 4; the explicit cursor also wins over the one sessionStorage holds by then."""
+    server, proxy = proxied
+    token = server.token()
+    published = [server.publish("feed", {"n": n}) for n in range(5)]
+    history = httpx.get(
+        server.url + "/v1/channels/feed/history",
+        params={"limit": "3"},
+        headers={"Authorization": f"Bearer {token}"},
+    ).json()
+    assert [e["id"] for e in history["events"]] == published[:3]
+    await browser_client.start(proxy.url, token, ["feed"], cursor=history["cursor"], **FAST)
+    await browser_client.ready()
+    await wait_until(lambda: len(ids(browser_client, "feed")) >= 2, 10, "events 4 and 5")
+    live = server.publish("feed", {"n": 5})
+    await wait_until(lambda: len(ids(browser_client, "feed")) >= 3, 10, "the live event")
+    await asyncio.sleep(0.3)  # a window in which nothing else may arrive
+    expected = [published[3], published[4], live]
+    assert ids(browser_client, "feed") == expected
+
+    # A new client in the page: sessionStorage says "after the live event", the option wins.
+    await browser_client._eval("() => window.client.close()")
+    await browser_client._eval("(o) => window.startClient(o)", browser_client.options)
+    await wait_until(lambda: len(ids(browser_client, "feed")) >= 6, 10, "the redelivery")
+    await asyncio.sleep(0.3)  # a window in which nothing else may arrive
+    assert ids(browser_client, "feed") == expected * 2
+
+
+async def test_ready_rejects_on_timeout_and_on_close_before_the_start_is_pinned(
+    proxied: tuple[Server, Nginx], browser_client: BrowserClient
+) -> None:
+    server, proxy = proxied
+    server.stop()  # the proxy answers 502: nothing can pin the start
+    await browser_client.start(proxy.url, server.token(), ["feed"], module_from_proxy=True, **FAST)
+    with pytest.raises(AssertionError, match="timeout: start position not pinned within 300"):
+        await browser_client.ready(timeout=0.3)
+    outcome = await browser_client._eval(
+        """() => {
+            const pending = window.client.ready();  // no limit
+            window.client.close();
+            const after = window.client.ready(60000);
+            const code = (p) => p.then(() => "resolved", (e) => `${e.name} ${e.code}`);
+            return Promise.all([code(pending), code(after)]);
+        }"""
+    )
+    assert outcome == ["PushError closed", "PushError closed"]
+    assert not browser_client.log_kinds("pinned")
+
+
+async def test_a_stored_cursor_the_server_refuses_is_dropped_but_an_explicit_one_is_fatal(
+    proxied: tuple[Server, Nginx], browser_client: BrowserClient
+) -> None:
+    server, proxy = proxied
+    await browser_client.start(
+        proxy.url, server.token(), ["feed"], storage_key="feed-state", **FAST
+    )
+    pinned = await browser_client.ready()
+    await browser_client._eval("() => window.client.close()")
+    tampered = pinned[:-1] + ("B" if pinned[-1] == "A" else "A")  # fails the segment's CRC
+    await browser_client._eval(
+        """(c) => {
+            const saved = JSON.parse(sessionStorage.getItem("feed-state"));
+            sessionStorage.setItem("feed-state", JSON.stringify({ ...saved, cursor: c }));
+        }""",
+        tampered,
+    )
+    await browser_client._eval("(o) => window.startClient(o)", browser_client.options)
+    assert await browser_client.ready() == pinned  # the next negotiate pinned the top again
+    await wait_until(lambda: browser_client.log_kinds("cursor-refused"), 5, "the log entry")
+    await browser_client.wait_connected()
+    event = server.publish("feed", {"n": 1})
+    await wait_until(lambda: ids(browser_client, "feed") == [event], 10, "the event")
+
+    await browser_client._eval("() => window.client.close()")
+    outcome = await browser_client._eval(
+        """(o) => {
+            window.startClient(o);
+            return window.client.ready(10000).then(() => "resolved", (e) => e.code);
+        }""",
+        {**browser_client.options, "cursor": tampered},
+    )
+    assert outcome == "refused"
+    assert await browser_client.state() == "closed"
 
 
 async def test_outbox_survives_a_reload_while_offline_and_is_sent_once(

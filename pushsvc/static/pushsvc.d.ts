@@ -9,6 +9,12 @@
 //     onState: (s) => console.log(s.state, s.transport ?? ""),
 //   });
 //   const eventId = await client.publish("chat:1", { text: "hello" });
+//
+// Load-then-subscribe: render the history, then subscribe from the cursor it answered.
+//
+//   const h = await fetch("/v1/channels/chat:1/history?limit=50", { headers }).then((r) => r.json());
+//   render(h.events);
+//   const live = new PushClient("", { token, channels: ["chat:1"], cursor: h.cursor, onEvent });
 
 /** Transports in the order the client prefers them. */
 export type TransportName = "websocket" | "sse" | "long-polling";
@@ -64,7 +70,13 @@ export interface PublishOutcome {
   error?: PushError;
 }
 
-/** Diagnostics: every transport attempt, failure, demotion, re-probe, switch and state. */
+/**
+ * Diagnostics: every transport attempt, failure, demotion, re-probe, switch and state.
+ * `pinned`: the start position is fixed (`detail`: `negotiate`, or with a server whose
+ * negotiate answers no cursor, `subscribed` / `poll`); `ready()` resolves then.
+ * `cursor-refused`: the server could not read the stored cursor; it was dropped and the
+ * next negotiate pins a fresh start.
+ */
 export interface LogEntry {
   /** `Date.now()` when it happened. */
   at: number;
@@ -77,6 +89,8 @@ export interface LogEntry {
     | "switch"
     | "lost"
     | "negotiate-failed"
+    | "pinned"
+    | "cursor-refused"
     | "publish-retry"
     | "fatal";
   transport?: TransportName;
@@ -88,6 +102,15 @@ export interface PushClientOptions {
   token: string | (() => string | Promise<string>);
   /** Channels to subscribe to; one cursor covers them all. */
   channels: string[];
+  /**
+   * Start from this cursor instead of the one kept in sessionStorage (it wins over it, and
+   * the stored last IDs per channel are forgotten with it): load-then-subscribe, with the
+   * `cursor` that `GET /v1/channels/{channel}/history` answered after the events the page
+   * rendered (its `cursor=` parameter keeps other channels' positions in it). Channels the
+   * cursor does not position start at their current top, pinned by the first negotiate.
+   * A cursor the server refuses (400 `bad-cursor`) closes the client (`refused`).
+   */
+  cursor?: string;
   /** Allowed transports, best first. Default: all three. */
   transports?: TransportName[];
   /** Called once per event, in order per channel, duplicates dropped. */
@@ -128,7 +151,8 @@ export interface PushClientOptions {
 }
 
 export class PushError extends Error {
-  /** `outbox-full`, `closed`, `refused`, `network`, `negotiate`, `transport-failed`. */
+  /** `outbox-full`, `closed`, `refused`, `network`, `negotiate`, `transport-failed`,
+   *  `timeout` (`ready()`). */
   readonly code: string;
   /** HTTP status, where one was answered. */
   readonly status?: number;
@@ -147,6 +171,17 @@ export class PushClient {
   readonly transport: TransportName | null;
   /** The opaque resume cursor (also kept in sessionStorage). */
   readonly cursor: string | null;
+  /**
+   * Resolves with the cursor once every channel's start position is pinned: when the first
+   * `POST /v1/negotiate` answered a cursor (with a server that answers none, when the first
+   * transport subscribed). From then on every event stored afterwards is delivered exactly
+   * once, whatever transport the client ends on, across reconnects, re-probes and page
+   * reloads (the pinned cursor is saved at once). Resolves at once when already pinned.
+   * Rejects with a `PushError`: `timeout` after `timeoutMs` (default: no limit), `closed`
+   * when `close()` comes first or the client is closed, `refused` when the server refused
+   * the token or the channels for good.
+   */
+  ready(timeoutMs?: number): Promise<string>;
   /** Messages queued and not yet acknowledged. */
   readonly outboxSize: number;
   /** Heartbeat interval (s) from the last negotiation. */

@@ -3,6 +3,7 @@
 //   import { PushClient } from "/pushsvc.js";
 //   const client = new PushClient("", { token, channels: ["chat:1"], onEvent: (e) => show(e) });
 //   await client.publish("chat:1", { text: "hi" });   // queued while offline, sent once
+//   const cursor = await client.ready();   // every event stored from now on is delivered once
 //
 // How it behaves (the Python client in pushsvc.client does the same):
 //
@@ -10,6 +11,21 @@
 //   heartbeat interval, and tells an outage (negotiate fails too) from a proxy that blocks
 //   one transport (negotiate works, the transport does not): only the latter demotes the
 //   transport. Order: native WebSocket, then native EventSource (SSE), then fetch long-poll.
+// - The start position is pinned at the FIRST contact, not by the transport that finally
+//   works: negotiate sends {channels, cursor} and the server answers one cursor for exactly
+//   those channels (each kept where the sent cursor has it, else at the channel's top). It
+//   is adopted only if no frame moved the cursor while the request was out, and saved at
+//   once. Each transport attempt, re-probe, reconnect and reloaded page then starts from that
+//   cursor or a later one: what is published while a buffering proxy holds an SSE stream for
+//   firstEventTimeout is read by the long-poll that follows. (A client that started "from
+//   now" per attempt lost it: each attempt's "now" was later.) An older server answers no
+//   cursor; then the first `subscribed` / poll cursor pins it.
+// - ready(timeoutMs?) resolves with the cursor once it is pinned; from then on every event
+//   stored afterwards is delivered exactly once, whatever transport the client ends on. It
+//   rejects (PushError) on timeout or when the client closes first.
+// - options.cursor starts from that cursor (load-then-subscribe: render what
+//   GET /v1/channels/{c}/history answered, subscribe from its `cursor`). It wins over the
+//   cursor restored from sessionStorage and resets the per-channel last IDs with it.
 // - A transport "works" once its `subscribed` frame arrives. WebSocket: it must open and
 //   answer within connectTimeout (a proxy that strips Upgrade gets a plain HTTP answer, the
 //   socket closes at once). SSE: EventSource cannot see the server's opening comment, so a
@@ -23,7 +39,9 @@
 // - Every (re)subscription carries the cursor: WebSocket in the subscribe frame, SSE in the
 //   last_event_id query parameter (a new EventSource cannot set Last-Event-ID), long-poll in
 //   cursor. Per-channel event IDs are monotonic, so an event whose ID is not above the last
-//   one delivered on its channel is a duplicate and is dropped.
+//   one delivered on its channel is a duplicate and is dropped. A re-probe that subscribed
+//   with a cursor the active connection has moved past since does not move the cursor back
+//   with its `subscribed` frame (it replays those events; they are dropped as duplicates).
 // - Watchdog: nothing (not even a heartbeat) for heartbeatFactor x heartbeat_interval + 0.5 s
 //   closes the connection and reconnects. A long-poll request is aborted the same margin
 //   after its own timeout.
@@ -31,7 +49,8 @@
 //   publish `id` and the HTTP publish `idempotency_key`, so a resend after a lost ack is
 //   stored once. Flushed in order whenever a connection is up; resolved with the event ID.
 // - The cursor, the last ID per channel and the outbox live in sessionStorage: a reload of
-//   the page resumes where it was and still sends what was queued.
+//   the page resumes where it was (also from a cursor pinned before any event or transport)
+//   and still sends what was queued.
 
 const ALL_TRANSPORTS = ["websocket", "sse", "long-polling"];
 
@@ -125,6 +144,7 @@ class Connection {
   }
 
   open(cursor) {
+    this.startCursor = cursor ?? null;
     return new Promise((resolve, reject) => {
       this._resolveOpen = resolve;
       this._rejectOpen = reject;
@@ -386,6 +406,9 @@ export class PushClient {
     this.channels = [...options.channels];
     this.transports = this.options.transports.filter((t) => ALL_TRANSPORTS.includes(t));
     if (this.transports.length === 0) throw new TypeError(`transports: any of ${ALL_TRANSPORTS}`);
+    if (options.cursor != null && (typeof options.cursor !== "string" || !options.cursor)) {
+      throw new TypeError("options.cursor must be a non-empty string (a pushsvc cursor)");
+    }
     this.state = "connecting";
     this.transport = null;
     this.heartbeatInterval = 15;
@@ -400,8 +423,17 @@ export class PushClient {
     this._blocked = new Map();
     this._active = null;
     this._closed = false;
+    this._pinned = false; // the start position of every channel is fixed (see ready())
+    this._readyWaiters = new Set();
     this._tokenValue = typeof options.token === "string" ? options.token : null;
     this._restore();
+    if (options.cursor) {
+      // Explicit start (load-then-subscribe) wins over the stored one. The stored last IDs
+      // belong to the stored cursor: kept, they would drop events after this one as dups.
+      this._cursor = options.cursor;
+      this._last = {};
+      this._save();
+    }
     this._onOnline = () => this._wake?.();
     globalThis.addEventListener?.("online", this._onOnline);
     this._run();
@@ -413,6 +445,21 @@ export class PushClient {
 
   get outboxSize() {
     return this._outbox.length;
+  }
+
+  ready(timeoutMs) {
+    if (this._closed) return Promise.reject(new PushError("the client is closed", "closed"));
+    if (this._pinned) return Promise.resolve(this._cursor);
+    return new Promise((resolve, reject) => {
+      const waiter = { resolve, reject };
+      if (timeoutMs != null) {
+        waiter.timer = setTimeout(() => {
+          this._readyWaiters.delete(waiter);
+          reject(new PushError(`start position not pinned within ${timeoutMs} ms`, "timeout"));
+        }, timeoutMs);
+      }
+      this._readyWaiters.add(waiter);
+    });
   }
 
   publish(channel, data, options = {}) {
@@ -446,6 +493,7 @@ export class PushClient {
       w.reject(new PushError("the client was closed; the message stays queued", "closed"));
     }
     this._waiters.clear();
+    this._unready(new PushError("closed before the start position was pinned", "closed"));
     this._setState("closed");
   }
 
@@ -586,21 +634,48 @@ export class PushClient {
 
   async _negotiate() {
     const token = await this._token();
+    const sent = this._cursor;
     const r = await this._fetch("/v1/negotiate", {
       method: "POST",
-      headers: { Authorization: `Bearer ${token}` },
+      headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
+      body: JSON.stringify({ channels: this.channels, cursor: sent }),
     });
-    if (!r.ok) {
-      const fatal = r.status === 401 || r.status === 403;
-      throw new PushError(`negotiate answered HTTP ${r.status}`, "negotiate", {
-        status: r.status,
-        fatal,
-      });
-    }
+    if (!r.ok) throw await this._negotiateRefused(r, sent);
     const info = await r.json();
     this.heartbeatInterval = Number(info.heartbeat_interval) || this.heartbeatInterval;
     this._offered = new Set(info.transports || ALL_TRANSPORTS);
+    // Adopt the server's start position unless a frame moved the cursor meanwhile (then it
+    // is already past the answer for those channels; the next negotiate fills the rest).
+    if (typeof info.cursor === "string" && info.cursor && this._cursor === sent) {
+      this._setCursor(info.cursor);
+      this._pin("negotiate");
+    }
     return info;
+  }
+
+  async _negotiateRefused(r, sent) {
+    let problem = {};
+    try {
+      problem = await r.json();
+    } catch {
+      /* not JSON */
+    }
+    const detail = problem.detail ? `: ${problem.detail}` : "";
+    const message = `negotiate answered HTTP ${r.status}${detail}`;
+    const badCursor = r.status === 400 && String(problem.type).endsWith("/bad-cursor");
+    if (badCursor && sent !== this.options.cursor) {
+      // A stored cursor the server cannot read (tampered storage, a new cursor version):
+      // drop it, the next negotiate pins a fresh start. An explicit cursor stays fatal.
+      this._log("cursor-refused", null, message);
+      if (this._cursor === sent) {
+        this._setCursor(null);
+        this._pinned = false;
+      }
+      return new PushError(message, "negotiate", { status: r.status });
+    }
+    // 400 (a bad channel name or cursor), 401, 403: asking again does not help.
+    const fatal = r.status === 400 || r.status === 401 || r.status === 403;
+    return new PushError(message, "negotiate", { status: r.status, fatal });
   }
 
   async _reachable() {
@@ -619,6 +694,7 @@ export class PushClient {
     this._closed = true;
     for (const w of this._waiters.values()) w.reject(new PushError(reason.message, "refused"));
     this._waiters.clear();
+    this._unready(new PushError(reason.message, "refused", { status: reason.status, fatal: true }));
     this._setState("closed", { error: reason.message });
     return false;
   }
@@ -653,10 +729,16 @@ export class PushClient {
     if (conn !== this._active) return;
     switch (f.type) {
       case "subscribed":
-        if (f.cursor) this._setCursor(f.cursor);
+        // A probe's `subscribed` cursor is the one it opened with: keep ours when frames of
+        // the connection it replaces have moved it since (never back to an older start).
+        if (f.cursor && (this._cursor === null || this._cursor === conn.startCursor)) {
+          this._setCursor(f.cursor);
+        }
+        this._pin("subscribed"); // a server that answers no cursor to negotiate
         break;
       case "cursor":
         this._setCursor(f.cursor);
+        this._pin("poll");
         break;
       case "event": {
         const last = this._last[f.channel];
@@ -695,6 +777,25 @@ export class PushClient {
   _setCursor(cursor) {
     this._cursor = cursor;
     this._save();
+  }
+
+  _pin(how) {
+    if (this._pinned || !this._cursor || this._closed) return;
+    this._pinned = true;
+    this._log("pinned", this._active?.transport ?? null, how);
+    for (const w of this._readyWaiters) {
+      clearTimeout(w.timer);
+      w.resolve(this._cursor);
+    }
+    this._readyWaiters.clear();
+  }
+
+  _unready(error) {
+    for (const w of this._readyWaiters) {
+      clearTimeout(w.timer);
+      w.reject(error);
+    }
+    this._readyWaiters.clear();
   }
 
   // --- outbox -------------------------------------------------------------------------
