@@ -317,6 +317,35 @@ def test_nginx_example_config_passes_every_transport(server: Server, nginx_in_fr
         assert [e[2] for e in lines_of(out, "event") + lines_of(out, "message")] == ids, script
 
 
+def test_load_then_subscribe_example_misses_nothing_published_between_load_and_subscribe(
+    server: Server,
+) -> None:
+    loaded = [*(server.publish("chat:a", n) for n in range(3)), server.publish("chat:b", "b")]
+    proc = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "load_then_subscribe.py"), "chat:a", "chat:b", "-n2"],
+        env=example_env(server),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = []
+        while (line := proc.stdout.readline().strip()) != "loaded-all":
+            assert line, f"exited before loading: {proc.stderr.read() if proc.stderr else ''}"
+            lines.append(line)
+        # published after the load, before the client subscribed: must come live
+        live = [server.publish("chat:b", "new b"), server.publish("chat:a", "new a")]
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert [ln.split()[2] for ln in lines] == loaded
+    got = [ln.split()[1:3] for ln in out.splitlines() if ln.startswith("live")]
+    # order is per channel: one event on each
+    assert sorted(got) == sorted([["chat:b", live[0]], ["chat:a", live[1]]])
+
+
 def test_python_client_example_publishes_through_its_outbox_and_receives(server: Server) -> None:
     env = example_env(server)
     start = start_cursor(server, ["chat:py"])
