@@ -64,6 +64,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             max_age=settings.retention_max_age,
             approximate=settings.retention_approximate,
             idempotency_ttl=settings.idempotency_ttl,
+            presence_ttl=settings.presence_ttl,
         ),
     )
     hub = Hub(backend, settings)
