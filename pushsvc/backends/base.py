@@ -54,10 +54,10 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 from pushsvc.protocol.events import Event, Gap
 from pushsvc.protocol.ids import StreamId
+from pushsvc.protocol.presence import PresenceDiff, PresenceEntry, PresenceSnapshot
 
 Sink = Callable[[Event], None]
 GapSink = Callable[[Gap], None]
@@ -89,39 +89,6 @@ class ReadResult:
     events: list[Event]
     top: StreamId
     gap: Gap | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class PresenceEntry:
-    """One connection of a member on a channel. ``info`` is a JSON object, encoded."""
-
-    channel: str
-    conn_id: str
-    subject: str
-    info: bytes = b"{}"
-
-
-@dataclass(frozen=True, slots=True)
-class PresenceDiff:
-    """A connection entry added (``join``) or removed (``leave``: left or expired);
-    ``connections`` is the member's entry count after the change."""
-
-    channel: str
-    kind: Literal["join", "leave"]
-    subject: str
-    info: bytes
-    connections: int
-
-
-@dataclass(frozen=True, slots=True)
-class PresenceSnapshot:
-    """Members as ``(subject, info, connections)``, sorted by subject; empty and
-    ``truncated`` when there are more than the limit asked for."""
-
-    members: list[tuple[str, bytes, int]]
-    member_count: int
-    connection_count: int
-    truncated: bool = False
 
 
 PresenceSink = Callable[[PresenceDiff], None]
@@ -221,3 +188,18 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def presence_stats(self, channel: str) -> tuple[int, int]:
         """(members, connections) of the channel (expired entries swept first)."""
+
+
+__all__ = [
+    "Backend",
+    "GapSink",
+    "ListenerStatus",
+    "Message",
+    "PresenceDiff",
+    "PresenceEntry",
+    "PresenceSink",
+    "PresenceSnapshot",
+    "ReadResult",
+    "Retention",
+    "Sink",
+]

@@ -4,11 +4,11 @@ It honours the same contract as Redis, including Redis-style IDs, trimming with 
 record of the greatest trimmed ID, and idempotency keys. It is not shared between
 processes: ``pushsvc serve --workers N`` needs ``redis://``.
 
-Presence is kept per channel in two dicts (connection entries with their deadline, and
-members with their entry count); expired entries are swept by any presence call on their
-channel, and every refresh sweeps every channel that has presence, so an entry that its
-owner forgot (never left, never refreshed) leaves by itself and a channel's presence is
-dropped with its last entry.
+Presence is kept per channel in a ``PresenceTable`` (``pushsvc.protocol.presence``: the
+pure rules that decide diffs), on the monotonic clock. Expired entries are swept by any
+presence call on their channel, and every refresh sweeps every channel that has
+presence, so an entry that its owner forgot (never left, never refreshed) leaves by
+itself and a channel's presence is dropped with its last entry.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pushsvc.backends.base import (
 )
 from pushsvc.protocol.events import Event, Gap
 from pushsvc.protocol.ids import ZERO, StreamId
+from pushsvc.protocol.presence import PresenceTable
 
 
 class _Log:
@@ -44,22 +45,12 @@ class _Log:
         self.idem: dict[str, tuple[float, Event]] = {}
 
 
-class _Presence:
-    __slots__ = ("conns", "members")
-
-    def __init__(self) -> None:
-        # conn_id -> [entry, deadline (monotonic)]
-        self.conns: dict[str, tuple[PresenceEntry, float]] = {}
-        # subject -> (entry count, info of its latest entry)
-        self.members: dict[str, tuple[int, bytes]] = {}
-
-
 class MemoryBackend(Backend):
     def __init__(self, url: str = "memory://", retention: Retention | None = None) -> None:
         super().__init__(retention or Retention())
         self._logs: dict[str, _Log] = {}
         self._listening: set[str] = set()
-        self._presence: dict[str, _Presence] = {}
+        self._presence: dict[str, PresenceTable] = {}
 
     async def start(self) -> None:
         return None
@@ -139,53 +130,35 @@ class MemoryBackend(Backend):
 
     # --- presence ----------------------------------------------------------------------
 
-    def _emit(self, diff: PresenceDiff) -> None:
-        if self._presence_sink is not None and diff.channel in self._listening:
-            self._presence_sink(diff)
+    def _emit(self, diffs: Iterable[PresenceDiff | None]) -> None:
+        sink = self._presence_sink
+        for diff in diffs:
+            if diff is not None and sink is not None and diff.channel in self._listening:
+                sink(diff)
 
-    def _add(self, p: _Presence, entry: PresenceEntry, deadline: float) -> None:
-        p.conns[entry.conn_id] = (entry, deadline)
-        count = p.members.get(entry.subject, (0, b""))[0] + 1
-        p.members[entry.subject] = (count, entry.info)
-        self._emit(PresenceDiff(entry.channel, "join", entry.subject, entry.info, count))
-
-    def _remove(self, p: _Presence, conn_id: str) -> None:
-        entry, _ = p.conns.pop(conn_id)
-        count, info = p.members[entry.subject]
-        if count > 1:
-            p.members[entry.subject] = (count - 1, info)
-        else:
-            del p.members[entry.subject]
-        self._emit(PresenceDiff(entry.channel, "leave", entry.subject, entry.info, count - 1))
-
-    def _swept(self, channel: str, now: float) -> _Presence | None:
-        """The channel's presence with expired entries removed (None when empty)."""
-        p = self._presence.get(channel)
-        if p is None:
+    def _table(self, channel: str, now: float) -> PresenceTable | None:
+        """The channel's presence with expired entries swept (None when empty)."""
+        table = self._presence.get(channel)
+        if table is None:
             return None
-        for conn_id in [c for c, (_, deadline) in p.conns.items() if deadline <= now]:
-            self._remove(p, conn_id)
-        if not p.conns:
+        self._emit(table.expire(now))
+        if not table:
             del self._presence[channel]
             return None
-        return p
+        return table
 
     async def presence_join(self, entry: PresenceEntry) -> None:
         now = time.monotonic()
-        p = self._swept(entry.channel, now)
-        if p is None:
-            p = self._presence[entry.channel] = _Presence()
-        deadline = now + self.retention.presence_ttl
-        if entry.conn_id in p.conns:
-            p.conns[entry.conn_id] = (p.conns[entry.conn_id][0], deadline)
-        else:
-            self._add(p, entry, deadline)
+        table = self._table(entry.channel, now)
+        if table is None:
+            table = self._presence[entry.channel] = PresenceTable()
+        self._emit([table.join(entry, now + self.retention.presence_ttl)])
 
     async def presence_leave(self, channel: str, conn_id: str) -> None:
-        p = self._swept(channel, time.monotonic())
-        if p is not None and conn_id in p.conns:
-            self._remove(p, conn_id)
-            if not p.conns:
+        table = self._table(channel, time.monotonic())
+        if table is not None:
+            self._emit([table.leave(conn_id)])
+            if not table:
                 del self._presence[channel]
 
     async def presence_refresh(
@@ -195,25 +168,17 @@ class MemoryBackend(Backend):
         deadline = now + self.retention.presence_ttl
         missing = []
         for entry in entries:  # renewed first: a late refresh does not drop its own
-            p = self._presence.get(entry.channel)
-            held = None if p is None else p.conns.get(entry.conn_id)
-            if p is None or held is None:
+            table = self._presence.get(entry.channel)
+            if table is None or not table.renew(entry.conn_id, deadline):
                 missing.append(entry)
-            else:
-                p.conns[entry.conn_id] = (held[0], deadline)
         for channel in list(self._presence):  # every channel: in-process, all are ours
-            self._swept(channel, now)
+            self._table(channel, now)
         return missing
 
     async def presence_snapshot(self, channel: str, limit: int) -> PresenceSnapshot:
-        p = self._swept(channel, time.monotonic())
-        if p is None:
-            return PresenceSnapshot([], 0, 0)
-        if len(p.members) > limit:
-            return PresenceSnapshot([], len(p.members), len(p.conns), truncated=True)
-        members = [(s, info, n) for s, (n, info) in sorted(p.members.items())]
-        return PresenceSnapshot(members, len(p.members), len(p.conns))
+        table = self._table(channel, time.monotonic())
+        return PresenceSnapshot([], 0, 0) if table is None else table.snapshot(limit)
 
     async def presence_stats(self, channel: str) -> tuple[int, int]:
-        p = self._swept(channel, time.monotonic())
-        return (0, 0) if p is None else (len(p.members), len(p.conns))
+        table = self._table(channel, time.monotonic())
+        return (0, 0) if table is None else table.stats()
