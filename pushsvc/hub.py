@@ -13,8 +13,10 @@ previous tick.
 Presence (DESIGN 8): the hub holds this process's presence entries (one per connection
 and channel, added by ``presence_track``) and renews them all in ONE batched backend call
 per ``presence_refresh_interval`` on a second process-wide timer; that call also sweeps
-the channels this process listens to, so the members of a crashed instance leave (with
-diffs) where someone watches. An entry the backend lost meanwhile (expired during a long
+the channels whose presence is watched here (``on_presence_diff``), so the members of a
+crashed instance leave (with diffs) where someone watches. Only those: sweeping every
+listened channel would cost Redis a script per channel per interval in a deployment that
+does not use presence at all. An entry the backend lost meanwhile (expired during a long
 pause, a Redis restart) is joined again if it is still tracked. Diffs of listened
 channels go to the callbacks registered with ``on_presence_diff``; none of this touches
 the event path.
@@ -398,10 +400,10 @@ class Hub:
                 log.exception("a presence callback failed on %r", diff.channel)
 
     async def refresh_presence(self) -> None:
-        """Renew every local entry and sweep the listened channels: one backend call
+        """Renew every local entry and sweep the watched channels: one backend call
         (plus one to join again the entries the backend lost, when there are any)."""
         entries = list(self._presence.values())
-        sweep = list(self._listening)
+        sweep = list(self._presence_callbacks)
         if not entries and not sweep:
             return
         missing = await self.backend.presence_refresh(entries, sweep)

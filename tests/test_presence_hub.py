@@ -110,6 +110,30 @@ async def test_the_hub_renews_all_its_entries_with_one_call_per_interval(
     assert b"pushsvc_presence_entries 40.0" in hub.metrics.render()
 
 
+async def test_the_timer_sweeps_only_channels_whose_presence_is_watched(
+    make_hub: Callable[..., Any],
+) -> None:
+    hub: Hub = await make_hub()
+    swept: list[list[str]] = []
+    refresh = hub.backend.presence_refresh
+
+    async def recorded(entries: Any, sweep: Any = ()) -> Any:
+        swept.append(sorted(sweep))
+        return await refresh(entries, sweep)
+
+    hub.backend.presence_refresh = recorded  # type: ignore[method-assign]
+    await listening(hub, "busy")  # listened to, presence unused: no timer work for it
+    await asyncio.sleep(3 * INTERVAL)
+    assert swept == []
+    cancel = hub.on_presence_diff("watched", lambda diff: None)
+    await wait_until(lambda: bool(swept))
+    assert swept[-1] == ["watched"]
+    cancel()
+    count = len(swept)
+    await asyncio.sleep(3 * INTERVAL)
+    assert len(swept) <= count + 1  # at most one call already under way
+
+
 async def test_untracked_entries_leave_and_diffs_reach_the_channel_callbacks(
     make_hub: Callable[..., Any],
 ) -> None:

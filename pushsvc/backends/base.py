@@ -37,7 +37,7 @@ Presence (DESIGN 8), per channel, kept beside the log but never in it:
   last renewed by ``presence_refresh`` (the backend's clock). Expired entries are swept,
   with a ``leave`` diff each, by any presence call on their channel, and every refresh
   sweeps the channels it renews or is asked to sweep. A process that refreshes every
-  ``interval`` and sweeps the channels it listens to therefore sees the members of a
+  ``interval`` and sweeps the channels it watches therefore sees the members of a
   crashed process leave within ``presence_ttl + interval``. Storage of a channel whose
   entries all left or expired is freed (Redis: its keys carry a TTL and are deleted when
   empty): nothing grows without bound.
