@@ -1,4 +1,4 @@
-"""The HTTP API besides the streams: publish, negotiate, history, health."""
+"""The HTTP API besides the streams: publish, negotiate, history, presence, health."""
 
 from __future__ import annotations
 
@@ -208,6 +208,46 @@ async def history(request: Request) -> Response:
         + b'"}'
     )
     return Response(body, media_type="application/json")
+
+
+def _info(raw: bytes) -> Any:
+    try:
+        return json.loads(raw) if raw else {}
+    except ValueError:
+        return {}  # not written by pushsvc: shown empty rather than failing the snapshot
+
+
+async def presence(request: Request) -> Response:
+    """The channel's members, or only the counts (``truncated``) above
+    ``presence_snapshot_max`` members."""
+    settings, hub, auth = state(request.scope)
+    principal = auth.verify(credential_from(request.headers, request.query_params))
+    channel = check_channel(request.path_params["channel"], settings.max_channel_length)
+    principal.check_presence(channel)
+    snap = await hub.backend.presence_snapshot(channel, settings.presence_snapshot_max)
+    return JSONResponse(
+        {
+            "channel": channel,
+            "members": [
+                {"subject": subject, "info": _info(info), "connections": connections}
+                for subject, info, connections in snap.members
+            ],
+            "member_count": snap.member_count,
+            "connection_count": snap.connection_count,
+            "truncated": snap.truncated,
+        }
+    )
+
+
+async def presence_stats(request: Request) -> Response:
+    settings, hub, auth = state(request.scope)
+    principal = auth.verify(credential_from(request.headers, request.query_params))
+    channel = check_channel(request.path_params["channel"], settings.max_channel_length)
+    principal.check_presence(channel)
+    members, connections = await hub.backend.presence_stats(channel)
+    return JSONResponse(
+        {"channel": channel, "member_count": members, "connection_count": connections}
+    )
 
 
 async def healthz(request: Request) -> Response:

@@ -64,6 +64,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             max_age=settings.retention_max_age,
             approximate=settings.retention_approximate,
             idempotency_ttl=settings.idempotency_ttl,
+            presence_ttl=settings.presence_ttl,
         ),
     )
     hub = Hub(backend, settings)
@@ -74,6 +75,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/v1/poll", PollTransport(), methods=["GET"]),
         WebSocketRoute("/v1/ws", WebSocketTransport()),
         Route("/v1/channels/{channel:path}/history", api.history, methods=["GET"]),
+        Route("/v1/channels/{channel:path}/presence/stats", api.presence_stats, methods=["GET"]),
+        Route("/v1/channels/{channel:path}/presence", api.presence, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/readyz", api.readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
@@ -104,7 +107,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
     app.direct_http = not settings.cors_origins
     app.state.settings = settings
-    app.state.auth = Authenticator(settings.secrets, settings.api_keys)
+    app.state.auth = Authenticator(
+        settings.secrets, settings.api_keys, max_info_bytes=settings.max_presence_info_bytes
+    )
     app.state.backend = backend
     app.state.hub = hub
     app.state.metrics = hub.metrics

@@ -3,12 +3,17 @@
 A client token is an itsdangerous-signed JSON payload::
 
     {"sub": "alice", "exp": 1767225600, "sub_g": ["chat:*"], "pub_g": ["chat:*"],
-     "pres_g": ["chat:*"], "meta": {...}}
+     "pres_g": ["chat:*"], "info": {"name": "Alice"}, "meta": {...}}
 
 Grants are ``fnmatch`` patterns (``*`` matches anything, including ``:``). Tokens are
 signed with the first of ``Settings.secrets`` and verified with any of them (rotation).
 API keys are opaque strings from ``Settings.api_keys``; they may publish anywhere and read
 any channel. Credentials are never logged.
+
+``info`` is the client metadata that presence shows for the token's connections: a JSON
+object of at most ``max_presence_info_bytes`` (compact JSON), checked when a token is
+issued and again when it is verified (a token over the server's limit is refused, 401,
+rather than shown cut).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 from itsdangerous import BadSignature, URLSafeSerializer
 
 from pushsvc.exceptions import Forbidden, Unauthorized
+from pushsvc.protocol.events import dump_json
 
 SALT = "pushsvc.token.v1"
 
@@ -35,12 +41,20 @@ class Principal:
     presence: tuple[str, ...] = ()
     meta: dict[str, Any] = field(default_factory=dict)
     is_api_key: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
 
     def can_subscribe(self, channel: str) -> bool:
         return self.is_api_key or any(fnmatchcase(channel, p) for p in self.subscribe)
 
     def can_publish(self, channel: str) -> bool:
         return self.is_api_key or any(fnmatchcase(channel, p) for p in self.publish)
+
+    def can_presence(self, channel: str) -> bool:
+        return self.is_api_key or any(fnmatchcase(channel, p) for p in self.presence)
+
+    def presence_info(self) -> bytes:
+        """``info`` as presence stores it (compact JSON)."""
+        return dump_json(self.info)
 
     def check_subscribe(self, channels: list[str]) -> None:
         denied = [c for c in channels if not self.can_subscribe(c)]
@@ -51,20 +65,48 @@ class Principal:
         if not self.can_publish(channel):
             raise Forbidden("token does not grant publish on this channel", channel=channel)
 
+    def check_presence(self, channel: str) -> None:
+        if not self.can_presence(channel):
+            raise Forbidden("token does not grant presence on this channel", channel=channel)
+
     def expired(self, now: float | None = None) -> bool:
         return self.expires_at is not None and (now or time.time()) >= self.expires_at
 
 
 VERIFIED_TOKENS = 4096  # tokens remembered as verified, per app
+MAX_INFO_BYTES = 1024  # Settings.max_presence_info_bytes
+
+
+def check_info(info: Any, limit: int = MAX_INFO_BYTES) -> bytes:
+    """The compact JSON of a presence ``info``; ``ValueError`` saying why when it is not
+    a JSON object or is over ``limit`` bytes."""
+    if not isinstance(info, dict):
+        raise ValueError("presence info must be a JSON object")
+    try:
+        raw = dump_json(info)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ValueError(f"presence info is not JSON: {exc}") from None
+    if len(raw) > limit:
+        raise ValueError(
+            f"presence info is {len(raw)} bytes of JSON, over max_presence_info_bytes ({limit})"
+        )
+    return raw
 
 
 class Authenticator:
-    def __init__(self, secrets: tuple[str, ...], api_keys: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        secrets: tuple[str, ...],
+        api_keys: tuple[str, ...],
+        *,
+        max_info_bytes: int = MAX_INFO_BYTES,
+    ) -> None:
         if not secrets:
             raise ValueError("at least one secret is needed")
         # itsdangerous signs with the LAST key of the list and verifies with all.
         self._serializer = URLSafeSerializer(list(reversed(secrets)), salt=SALT)
         self._api_keys = tuple(k.encode() for k in api_keys)
+        self.max_info_bytes = max_info_bytes
         # Tokens already verified (a long-poll sends its token with every request): a
         # signature check and a JSON parse cost more than the rest of a poll's routing.
         # Keyed by the whole token, so only the very same signed bytes hit; bounded.
@@ -79,7 +121,10 @@ class Authenticator:
         presence: list[str] | tuple[str, ...] = (),
         ttl: float = 3600.0,
         meta: dict[str, Any] | None = None,
+        info: dict[str, Any] | None = None,
     ) -> str:
+        """A signed token. Raises ``ValueError`` for an ``info`` that is not a JSON
+        object or is over ``max_info_bytes``."""
         payload: dict[str, Any] = {
             "sub": subject,
             "exp": int(time.time() + ttl),
@@ -89,6 +134,9 @@ class Authenticator:
         }
         if meta:
             payload["meta"] = meta
+        if info is not None:
+            check_info(info, self.max_info_bytes)
+            payload["info"] = info
         token: str = self._serializer.dumps(payload)
         return token
 
@@ -123,6 +171,11 @@ class Authenticator:
         exp = payload.get("exp")
         if not isinstance(exp, int | float):
             raise Unauthorized("invalid token")
+        info = payload.get("info", {})
+        try:
+            check_info(info, self.max_info_bytes)
+        except ValueError as exc:
+            raise Unauthorized(f"invalid token: {exc}") from None
         principal = Principal(
             subject=payload["sub"],
             expires_at=float(exp),
@@ -130,6 +183,7 @@ class Authenticator:
             publish=_patterns(payload.get("pub_g")),
             presence=_patterns(payload.get("pres_g")),
             meta=meta if isinstance(meta := payload.get("meta"), dict) else {},
+            info=info,
         )
         if principal.expired():
             raise Unauthorized("token expired", reason="expired")

@@ -338,6 +338,21 @@ def _problem(r: httpx.Response) -> str:
 @click.option("--publish", "publish_", multiple=True, help="Channel pattern granted for publish.")
 @click.option("--presence", multiple=True, help="Channel pattern granted for presence.")
 @click.option(
+    "--info",
+    "info_json",
+    default=None,
+    help="Presence info shown for the token's connections: a JSON object, "
+    'e.g. \'{"name":"Alice"}\'.',
+)
+@click.option(
+    "--max-info-bytes",
+    default=Settings().max_presence_info_bytes,
+    show_default=True,
+    type=click.IntRange(min=2),
+    envvar="PUSHSVC_MAX_PRESENCE_INFO_BYTES",
+    help="Largest --info (compact JSON), as the server's max_presence_info_bytes.",
+)
+@click.option(
     "--ttl",
     default=3600.0,
     show_default=True,
@@ -351,6 +366,8 @@ def token(
     subscribe: tuple[str, ...],
     publish_: tuple[str, ...],
     presence: tuple[str, ...],
+    info_json: str | None,
+    max_info_bytes: int,
     ttl: float,
 ) -> None:
     """Mint a client token (printed on the last line)."""
@@ -359,8 +376,20 @@ def token(
     signing = secret.split(",")[0].strip()
     if not signing:
         raise click.BadParameter("empty secret", param_hint="--secret")
-    auth = Authenticator((signing,), ())
-    click.echo(auth.issue(user, subscribe=subscribe, publish=publish_, presence=presence, ttl=ttl))
+    info = None
+    if info_json is not None:
+        try:
+            info = json.loads(info_json)
+        except ValueError:
+            raise click.BadParameter("not valid JSON", param_hint="--info") from None
+    auth = Authenticator((signing,), (), max_info_bytes=max_info_bytes)
+    try:
+        token = auth.issue(
+            user, subscribe=subscribe, publish=publish_, presence=presence, ttl=ttl, info=info
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--info") from None
+    click.echo(token)
 
 
 # --- subscribe -----------------------------------------------------------------------------

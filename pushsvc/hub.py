@@ -9,6 +9,17 @@ one leaves; both go through one lock so that a leave racing a join never leaves 
 subscribed session deaf. Heartbeats run on one process-wide timer, not a task per
 connection: each tick queues a heartbeat on every session that sent nothing since the
 previous tick.
+
+Presence (DESIGN 8): the hub holds this process's presence entries (one per connection
+and channel, added by ``presence_track``) and renews them all in ONE batched backend call
+per ``presence_refresh_interval`` on a second process-wide timer; that call also sweeps
+the channels whose presence is watched here (``on_presence_diff``), so the members of a
+crashed instance leave (with diffs) where someone watches. Only those: sweeping every
+listened channel would cost Redis a script per channel per interval in a deployment that
+does not use presence at all. An entry the backend lost meanwhile (expired during a long
+pause, a Redis restart) is joined again if it is still tracked. Diffs of listened
+channels go to the callbacks registered with ``on_presence_diff``; none of this touches
+the event path.
 """
 
 from __future__ import annotations
@@ -16,13 +27,15 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import itertools
 import logging
+import secrets
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from pushsvc.backends.base import Backend, ReadResult
+from pushsvc.backends.base import Backend, PresenceDiff, PresenceEntry, ReadResult
 from pushsvc.metrics import Metrics
 from pushsvc.protocol import codes
 from pushsvc.protocol.events import Event, Gap
@@ -42,6 +55,10 @@ LISTEN_LINGER = 10.0
 # reads near the head. Kept small: a process may listen to many channels, and a reader
 # further behind is served by the backend as before.
 RECENT_EVENTS = 64
+# Seconds a closing hub spends removing its presence entries (the rest expire by themselves).
+PRESENCE_LEAVE_ON_CLOSE = 2.0
+
+PresenceCallback = Callable[[PresenceDiff], None]
 
 
 class RecentEvents:
@@ -106,11 +123,22 @@ class Hub:
         self._lingering: dict[str, asyncio.TimerHandle] = {}
         self._left: dict[str, float] = {}
         self._flushing = False
+        # presence: this process's entries by (channel, conn_id), and diff callbacks
+        self.instance_id = secrets.token_hex(6)
+        self._conn_ids = itertools.count(1)
+        self._presence: dict[tuple[str, str], PresenceEntry] = {}
+        self._presence_callbacks: dict[str, dict[int, PresenceCallback]] = {}
+        self._callback_ids = itertools.count(1)
+        self._presence_task: asyncio.Task[None] | None = None
         backend.set_sink(self._dispatch, self._dispatch_gap)
+        backend.set_presence_sink(self._dispatch_presence)
 
     async def start(self) -> None:
         await self.backend.start()
         self._heartbeat_task = asyncio.create_task(self._heartbeats(), name="pushsvc-heartbeats")
+        self._presence_task = asyncio.create_task(
+            self._presence_refresher(), name="pushsvc-presence"
+        )
 
     def close_sessions(self) -> None:
         """Close every session (streams end, WebSockets get 1001), keeping the backend.
@@ -125,10 +153,12 @@ class Hub:
     async def close(self) -> None:
         """Close every session (streams end, WebSockets get 1001) and the backend."""
         self.close_sessions()
-        if self._heartbeat_task is not None:
-            self._heartbeat_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat_task
+        for timer in (self._heartbeat_task, self._presence_task):
+            if timer is not None:
+                timer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await timer
+        await self._leave_all()
         for task in list(self._tasks):
             task.cancel()
         for handle in self._lingering.values():
@@ -294,6 +324,105 @@ class Hub:
             asyncio.get_running_loop().call_soon(self._flush)
         else:
             self._flushing = False
+
+    # --- presence ------------------------------------------------------------------------
+
+    def new_conn_id(self) -> str:
+        """A presence connection ID, unique across processes."""
+        return f"{self.instance_id}.{next(self._conn_ids)}"
+
+    def presence_entries(self) -> list[PresenceEntry]:
+        return list(self._presence.values())
+
+    async def presence_track(self, entry: PresenceEntry) -> None:
+        """Add ``entry`` to the channel's presence and keep it renewed until
+        ``presence_untrack``. Raises ``BackendError`` when the backend refused it (then
+        it is not tracked)."""
+        key = (entry.channel, entry.conn_id)
+        self._presence[key] = entry
+        self.metrics.presence_entries = len(self._presence)
+        try:
+            await self.backend.presence_join(entry)
+        except BaseException:
+            if self._presence.get(key) is entry:
+                del self._presence[key]
+                self.metrics.presence_entries = len(self._presence)
+                # it may have been stored before the failure: take it out again
+                self._spawn(self._leave(entry.channel, entry.conn_id))
+            raise
+
+    async def presence_untrack(self, channel: str, conn_id: str) -> None:
+        """Remove a tracked entry. A backend failure is logged, not raised: the entry,
+        no longer renewed, then expires within ``presence_ttl``."""
+        if self._presence.pop((channel, conn_id), None) is None:
+            return
+        self.metrics.presence_entries = len(self._presence)
+        await self._leave(channel, conn_id)
+
+    async def _leave(self, channel: str, conn_id: str) -> None:
+        try:
+            await self.backend.presence_leave(channel, conn_id)
+        except Exception as exc:
+            log.warning("presence leave on %r failed (it will expire): %s", channel, exc)
+
+    async def _leave_all(self) -> None:
+        entries, self._presence = list(self._presence.values()), {}
+        self.metrics.presence_entries = 0
+        if not entries:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(PRESENCE_LEAVE_ON_CLOSE):
+                await asyncio.gather(*(self._leave(e.channel, e.conn_id) for e in entries))
+
+    def on_presence_diff(self, channel: str, callback: PresenceCallback) -> Callable[[], None]:
+        """Call ``callback`` with every presence diff of ``channel`` while this process
+        listens to it (a session joined it). Answers the function that unregisters it."""
+        key = next(self._callback_ids)
+        self._presence_callbacks.setdefault(channel, {})[key] = callback
+
+        def cancel() -> None:
+            callbacks = self._presence_callbacks.get(channel)
+            if callbacks is not None:
+                callbacks.pop(key, None)
+                if not callbacks:
+                    del self._presence_callbacks[channel]
+
+        return cancel
+
+    def _dispatch_presence(self, diff: PresenceDiff) -> None:
+        callbacks = self._presence_callbacks.get(diff.channel)
+        if not callbacks:
+            return
+        for callback in tuple(callbacks.values()):
+            try:
+                callback(diff)
+            except Exception:
+                log.exception("a presence callback failed on %r", diff.channel)
+
+    async def refresh_presence(self) -> None:
+        """Renew every local entry and sweep the watched channels: one backend call
+        (plus one to join again the entries the backend lost, when there are any)."""
+        entries = list(self._presence.values())
+        sweep = list(self._presence_callbacks)
+        if not entries and not sweep:
+            return
+        missing = await self.backend.presence_refresh(entries, sweep)
+        live = [e for e in missing if self._presence.get((e.channel, e.conn_id)) is e]
+        if live:
+            log.info("presence: joining again %d entries the backend lost", len(live))
+            await self.backend.presence_join_many(live)
+
+    async def _presence_refresher(self) -> None:
+        """The presence timer: one refresh per interval for the whole process."""
+        interval = self.settings.presence_refresh_interval
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            try:
+                await self.refresh_presence()
+            except Exception as exc:
+                log.warning("presence refresh failed: %s", exc)
+            await asyncio.sleep(max(0.0, started + interval - loop.time()))
 
     # --- heartbeats ----------------------------------------------------------------------
 

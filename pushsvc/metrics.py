@@ -76,7 +76,20 @@ _EVENT_PREFIX = {
 }
 _ID_KEY = ('"id":"', b'"id":"')
 
-BACKEND_COMMANDS = ("append_many", "read_after", "top", "listen", "unlisten", "ping")
+BACKEND_COMMANDS = (
+    "append_many",
+    "read_after",
+    "top",
+    "listen",
+    "unlisten",
+    "ping",
+    "presence_join",
+    "presence_join_many",
+    "presence_leave",
+    "presence_refresh",
+    "presence_snapshot",
+    "presence_stats",
+)
 
 conn_log = logging.getLogger("pushsvc.connections")
 
@@ -190,6 +203,7 @@ class Metrics:
         self.sse = self.transports["sse"]
         self.poll = self.transports["long-polling"]
         self.backend: Backend | None = None
+        self.presence_entries = 0  # this process's presence entries (the hub sets it)
         r = self.registry
         self._closed = Counter(
             "pushsvc_connections_closed",
@@ -452,6 +466,13 @@ class _HotCollector(Collector):
             buckets.append(("+Inf", s.latency_count))
             latency.add_metric([s.name], buckets, s.latency_sum_ms / 1000.0)
         yield from (open_, opened, delivered, frames, writes, latency)
+        yield GaugeMetricFamily(
+            "pushsvc_presence_entries",
+            "Presence entries (connection x channel) this process keeps renewed; the "
+            "duration of their batched renewal is pushsvc_backend_command_seconds"
+            '{command="presence_refresh"}.',
+            value=self.metrics.presence_entries,
+        )
         backend = self.metrics.backend
         if backend is not None:
             status = backend.listener_status()

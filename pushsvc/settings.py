@@ -63,6 +63,13 @@ class Settings:
     api_key_publish_rate: float = 5_000.0
     api_key_publish_burst: float = 10_000.0
 
+    # Presence (DESIGN 8): entries are renewed in one batch per interval per process and
+    # expire ``presence_ttl`` seconds after their last renewal.
+    presence_refresh_interval: float = 5.0
+    presence_ttl: float = 15.0
+    presence_snapshot_max: int = 1_000
+    max_presence_info_bytes: int = 1_024
+
     # Token lifetimes.
     token_ttl_default: float = 3600.0
 
@@ -76,9 +83,20 @@ class Settings:
             "poll_timeout_default",
             "poll_timeout_max",
             "retention_max_age",
+            "presence_refresh_interval",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        if not self.presence_ttl > 2 * self.presence_refresh_interval:
+            # one late or failed refresh must not expire a live member
+            raise ConfigError(
+                f"presence_ttl ({self.presence_ttl} s) must be more than twice "
+                f"presence_refresh_interval ({self.presence_refresh_interval} s)"
+            )
+        if self.presence_snapshot_max < 0:
+            raise ConfigError("presence_snapshot_max must not be negative")
+        if self.max_presence_info_bytes < 2:
+            raise ConfigError("max_presence_info_bytes must be at least 2 (the size of {})")
         for name in (
             "retention_max_len",
             "max_channels_per_session",
@@ -156,6 +174,15 @@ DESCRIPTIONS: dict[str, str] = {
     "publish_burst": "Burst of the per-subject publish bucket.",
     "api_key_publish_rate": "Publishes per second per API key, per instance.",
     "api_key_publish_burst": "Burst of the per-API-key publish bucket.",
+    "presence_refresh_interval": "Seconds between the presence refreshes of a process: ONE "
+    "batched backend call renews every local presence entry and sweeps expired ones.",
+    "presence_ttl": "Seconds a presence entry lives after its last refresh (more than twice the "
+    "interval); a crashed instance's members leave within `presence_ttl` + "
+    "`presence_refresh_interval`.",
+    "presence_snapshot_max": "Most members a presence snapshot lists; above it, it answers the "
+    "counts only, with `truncated: true`.",
+    "max_presence_info_bytes": "Largest presence `info` of a token (compact JSON object), "
+    "checked by `pushsvc token --info` and when a token is verified (401).",
     "token_ttl_default": "Lifetime of tokens minted by `pushsvc token` without `--ttl`.",
     "log_json": "One JSON line per connection open/close (transport, subject, duration, close "
     "code and reason) on stderr, logger `pushsvc.connections`.",

@@ -23,16 +23,41 @@ Guarantees:
   from the event loop and must not block. When that re-read finds events trimmed before
   they could be passed on (a long outage on a busy channel), the ``Gap`` goes to the gap
   sink first, then the events after it: nothing is skipped silently.
+
+Presence (DESIGN 8), per channel, kept beside the log but never in it:
+
+- **Model.** A connection entry ``(channel, conn_id, subject, info)``; a member is a
+  subject with one or more entries. ``PresenceDiff.connections`` is the member's entry
+  count *after* the change: a ``join`` at 1 is the member joining, a ``leave`` at 0 the
+  member leaving; a diff is emitted for every entry added or removed, so that a view can
+  keep the counts. A member's ``info`` is that of its most recently added entry.
+- **Idempotent.** ``presence_join`` of a ``conn_id`` already present renews it and emits
+  nothing; ``presence_leave`` of an unknown one does nothing.
+- **Expiry.** An entry expires ``retention.presence_ttl`` seconds after it was joined or
+  last renewed by ``presence_refresh`` (the backend's clock). Expired entries are swept,
+  with a ``leave`` diff each, by any presence call on their channel, and every refresh
+  sweeps the channels it renews or is asked to sweep. A process that refreshes every
+  ``interval`` and sweeps the channels it watches therefore sees the members of a
+  crashed process leave within ``presence_ttl + interval``. Storage of a channel whose
+  entries all left or expired is freed (Redis: its keys carry a TTL and are deleted when
+  empty): nothing grows without bound.
+- **Live only.** Diffs are not appended to the log and are not replayed after a lost
+  listener connection: the snapshot is the recovery. Like events, diffs of a channel go
+  to the presence sink of every process listening to it (``listen``; the one that
+  caused them included), from the event loop; the sink must not block.
+- **Counts.** ``presence_stats`` answers (members, connections) without a scan of the
+  members (Redis: two ``HLEN``; plus the sweep of entries that expired meanwhile).
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from pushsvc.protocol.events import Event, Gap
 from pushsvc.protocol.ids import StreamId
+from pushsvc.protocol.presence import PresenceDiff, PresenceEntry, PresenceSnapshot
 
 Sink = Callable[[Event], None]
 GapSink = Callable[[Gap], None]
@@ -44,6 +69,8 @@ class Retention:
     max_age: float = 24 * 3600.0
     approximate: bool = True
     idempotency_ttl: float = 24 * 3600.0
+    # Seconds a presence entry lives after its last renewal.
+    presence_ttl: float = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +91,9 @@ class ReadResult:
     gap: Gap | None = None
 
 
+PresenceSink = Callable[[PresenceDiff], None]
+
+
 @dataclass(frozen=True, slots=True)
 class ListenerStatus:
     connected: bool
@@ -78,12 +108,17 @@ class Backend(abc.ABC):
         self.retention = retention
         self._sink: Sink | None = None
         self._gap_sink: GapSink | None = None
+        self._presence_sink: PresenceSink | None = None
 
     def set_sink(self, sink: Sink, gap_sink: GapSink | None = None) -> None:
         """Where live events go (the process's hub), and the listener's gaps. Set before
         ``listen``."""
         self._sink = sink
         self._gap_sink = gap_sink
+
+    def set_presence_sink(self, sink: PresenceSink) -> None:
+        """Where the presence diffs of listened channels go. Set before ``listen``."""
+        self._presence_sink = sink
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -120,3 +155,51 @@ class Backend(abc.ABC):
 
     def listener_status(self) -> ListenerStatus:
         return ListenerStatus(connected=True, reconnects=0, channels=0)
+
+    # --- presence ----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def presence_join(self, entry: PresenceEntry) -> None:
+        """Add ``entry`` (a ``join`` diff), or renew it when its ``conn_id`` is present."""
+
+    async def presence_join_many(self, entries: Sequence[PresenceEntry]) -> None:
+        """``presence_join`` of each entry (Redis: in one round trip)."""
+        for entry in entries:
+            await self.presence_join(entry)
+
+    @abc.abstractmethod
+    async def presence_leave(self, channel: str, conn_id: str) -> None:
+        """Remove an entry (a ``leave`` diff); nothing when it is not there."""
+
+    @abc.abstractmethod
+    async def presence_refresh(
+        self, entries: Sequence[PresenceEntry], sweep: Iterable[str] = ()
+    ) -> list[PresenceEntry]:
+        """Renew ``entries`` and sweep the expired entries of their channels and of the
+        channels in ``sweep``, in one batched round trip. Answer the entries that were
+        not present (expired and swept meanwhile, or not joined yet): they are NOT added
+        back; the caller joins those that are still live."""
+
+    @abc.abstractmethod
+    async def presence_snapshot(self, channel: str, limit: int) -> PresenceSnapshot:
+        """The channel's members (expired entries swept first); counts only, with
+        ``truncated``, when there are more than ``limit`` members."""
+
+    @abc.abstractmethod
+    async def presence_stats(self, channel: str) -> tuple[int, int]:
+        """(members, connections) of the channel (expired entries swept first)."""
+
+
+__all__ = [
+    "Backend",
+    "GapSink",
+    "ListenerStatus",
+    "Message",
+    "PresenceDiff",
+    "PresenceEntry",
+    "PresenceSink",
+    "PresenceSnapshot",
+    "ReadResult",
+    "Retention",
+    "Sink",
+]

@@ -3,6 +3,12 @@
 It honours the same contract as Redis, including Redis-style IDs, trimming with an exact
 record of the greatest trimmed ID, and idempotency keys. It is not shared between
 processes: ``pushsvc serve --workers N`` needs ``redis://``.
+
+Presence is kept per channel in a ``PresenceTable`` (``pushsvc.protocol.presence``: the
+pure rules that decide diffs), on the monotonic clock. Expired entries are swept by any
+presence call on their channel, and every refresh sweeps every channel that has
+presence, so an entry that its owner forgot (never left, never refreshed) leaves by
+itself and a channel's presence is dropped with its last entry.
 """
 
 from __future__ import annotations
@@ -11,11 +17,21 @@ import bisect
 import itertools
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
-from pushsvc.backends.base import Backend, ListenerStatus, Message, ReadResult, Retention
+from pushsvc.backends.base import (
+    Backend,
+    ListenerStatus,
+    Message,
+    PresenceDiff,
+    PresenceEntry,
+    PresenceSnapshot,
+    ReadResult,
+    Retention,
+)
 from pushsvc.protocol.events import Event, Gap
 from pushsvc.protocol.ids import ZERO, StreamId
+from pushsvc.protocol.presence import PresenceTable
 
 
 class _Log:
@@ -34,6 +50,7 @@ class MemoryBackend(Backend):
         super().__init__(retention or Retention())
         self._logs: dict[str, _Log] = {}
         self._listening: set[str] = set()
+        self._presence: dict[str, PresenceTable] = {}
 
     async def start(self) -> None:
         return None
@@ -110,3 +127,58 @@ class MemoryBackend(Backend):
 
     def listener_status(self) -> ListenerStatus:
         return ListenerStatus(True, 0, len(self._listening))
+
+    # --- presence ----------------------------------------------------------------------
+
+    def _emit(self, diffs: Iterable[PresenceDiff | None]) -> None:
+        sink = self._presence_sink
+        for diff in diffs:
+            if diff is not None and sink is not None and diff.channel in self._listening:
+                sink(diff)
+
+    def _table(self, channel: str, now: float) -> PresenceTable | None:
+        """The channel's presence with expired entries swept (None when empty)."""
+        table = self._presence.get(channel)
+        if table is None:
+            return None
+        self._emit(table.expire(now))
+        if not table:
+            del self._presence[channel]
+            return None
+        return table
+
+    async def presence_join(self, entry: PresenceEntry) -> None:
+        now = time.monotonic()
+        table = self._table(entry.channel, now)
+        if table is None:
+            table = self._presence[entry.channel] = PresenceTable()
+        self._emit([table.join(entry, now + self.retention.presence_ttl)])
+
+    async def presence_leave(self, channel: str, conn_id: str) -> None:
+        table = self._table(channel, time.monotonic())
+        if table is not None:
+            self._emit([table.leave(conn_id)])
+            if not table:
+                del self._presence[channel]
+
+    async def presence_refresh(
+        self, entries: Sequence[PresenceEntry], sweep: Iterable[str] = ()
+    ) -> list[PresenceEntry]:
+        now = time.monotonic()
+        deadline = now + self.retention.presence_ttl
+        missing = []
+        for entry in entries:  # renewed first: a late refresh does not drop its own
+            table = self._presence.get(entry.channel)
+            if table is None or not table.renew(entry.conn_id, deadline):
+                missing.append(entry)
+        for channel in list(self._presence):  # every channel: in-process, all are ours
+            self._table(channel, now)
+        return missing
+
+    async def presence_snapshot(self, channel: str, limit: int) -> PresenceSnapshot:
+        table = self._table(channel, time.monotonic())
+        return PresenceSnapshot([], 0, 0) if table is None else table.snapshot(limit)
+
+    async def presence_stats(self, channel: str) -> tuple[int, int]:
+        table = self._table(channel, time.monotonic())
+        return (0, 0) if table is None else table.stats()

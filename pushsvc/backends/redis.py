@@ -47,6 +47,16 @@ Decisions (DESIGN 1 and 2):
   deadline (a 3 s wall-clock deadline made a server at 100% CPU reconnect a healthy
   listener). Time the loop spent lagging does not count, and any reply read restarts
   the count: a busy process is not a deaf Redis (see ``_await_pong``).
+- Presence (DESIGN 8) takes three keys per channel in the channel's slot, as Centrifugo
+  does: ``…:pc`` (hash conn_id -> subject and info), ``…:pe`` (sorted set conn_id ->
+  deadline, on the Redis clock) and ``…:pm`` (hash subject -> entry count and info, so
+  that ``HLEN`` counts members and stats never scan). Every script sweeps the channel's
+  expired entries first (at most ``SWEEP_MAX`` per call), re-``PEXPIRE``s the three keys
+  to the TTL when it writes, and deletes them with the last entry: a channel abandoned
+  by a crashed instance loses its keys by itself. A script handles one channel (one
+  slot); a process's refresh is ONE pipeline of one script call per channel. Diffs go
+  out with ``SPUBLISH`` on the channel's shard channel, the one its events use, as notes
+  starting with ``p`` (an event note starts with its ID's digits); they are live only.
 """
 
 from __future__ import annotations
@@ -56,7 +66,7 @@ import contextlib
 import logging
 import math
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -65,11 +75,21 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from pushsvc.backends.base import Backend, ListenerStatus, Message, ReadResult, Retention
+from pushsvc.backends.base import (
+    Backend,
+    ListenerStatus,
+    Message,
+    PresenceDiff,
+    PresenceEntry,
+    PresenceSnapshot,
+    ReadResult,
+    Retention,
+)
 from pushsvc.exceptions import BackendError, ConfigError
 from pushsvc.protocol.events import Event, Gap
 from pushsvc.protocol.ids import MAX_SEQ, ZERO, StreamId
@@ -166,6 +186,136 @@ return {last, deleted, entries}
 """
 
 
+# Presence. KEYS: …:pc, …:pe, …:pm of ONE channel. ARGV[1] shard channel, ARGV[2] TTL ms,
+# then the script's own. An entry is "<len(subject)> <subject><info>", a member
+# "<count> <info of its latest entry>", a note "p<j|l> <count after> <len(subject)>
+# <subject><info>". Expired entries are swept first, a leave note each.
+SWEEP_MAX = 1000
+PRESENCE_LUA = """
+local pc, pe, pm = KEYS[1], KEYS[2], KEYS[3]
+local shard, ttl = ARGV[1], tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local deadline = string.format('%.0f', now + ttl)
+local function split(v)
+  local sp = string.find(v, ' ', 1, true)
+  return tonumber(string.sub(v, 1, sp - 1)), string.sub(v, sp + 1)
+end
+local function note(kind, count, subject, info)
+  redis.call('SPUBLISH', shard,
+    'p' .. kind .. ' ' .. count .. ' ' .. #subject .. ' ' .. subject .. info)
+end
+local function add(conn, subject, info)
+  redis.call('HSET', pc, conn, #subject .. ' ' .. subject .. info)
+  redis.call('ZADD', pe, deadline, conn)
+  local count = 1
+  local prev = redis.call('HGET', pm, subject)
+  if prev then count = split(prev) + 1 end
+  redis.call('HSET', pm, subject, count .. ' ' .. info)
+  note('j', count, subject, info)
+end
+local function remove(conn)
+  redis.call('ZREM', pe, conn)
+  local v = redis.call('HGET', pc, conn)
+  if not v then return end
+  redis.call('HDEL', pc, conn)
+  local n, rest = split(v)
+  local subject, info = string.sub(rest, 1, n), string.sub(rest, n + 1)
+  local count = 0
+  local prev = redis.call('HGET', pm, subject)
+  if prev then
+    local m, member_info = split(prev)
+    count = m - 1
+    if count > 0 then
+      redis.call('HSET', pm, subject, count .. ' ' .. member_info)
+    else
+      redis.call('HDEL', pm, subject)
+    end
+  end
+  note('l', count, subject, info)
+end
+local function sweep()
+  local expired = redis.call('ZRANGEBYSCORE', pe, '-inf', string.format('%.0f', now),
+    'LIMIT', 0, SWEEP_MAX)
+  for i = 1, #expired do remove(expired[i]) end
+end
+local function settle(renew)
+  if redis.call('HLEN', pc) == 0 then
+    redis.call('DEL', pc, pe, pm)
+  elseif renew then
+    redis.call('PEXPIRE', pc, ttl)
+    redis.call('PEXPIRE', pe, ttl)
+    redis.call('PEXPIRE', pm, ttl)
+  end
+end
+""".replace("SWEEP_MAX", str(SWEEP_MAX))
+
+# ARGV[3] conn_id, ARGV[4] subject, ARGV[5] info.
+PRESENCE_JOIN_LUA = (
+    PRESENCE_LUA
+    + """
+sweep()
+if redis.call('HEXISTS', pc, ARGV[3]) == 1 then
+  redis.call('ZADD', pe, deadline, ARGV[3])
+else
+  add(ARGV[3], ARGV[4], ARGV[5])
+end
+settle(true)
+return 1
+"""
+)
+
+# ARGV[3] conn_id.
+PRESENCE_LEAVE_LUA = (
+    PRESENCE_LUA
+    + """
+sweep()
+remove(ARGV[3])
+settle(true)
+return 1
+"""
+)
+
+# ARGV[3…] conn_ids to renew. Answers the conn_ids that were not there.
+PRESENCE_REFRESH_LUA = (
+    PRESENCE_LUA
+    + """
+local missing = {}
+for i = 3, #ARGV do
+  if redis.call('ZSCORE', pe, ARGV[i]) then
+    redis.call('ZADD', pe, deadline, ARGV[i])
+  else
+    missing[#missing + 1] = ARGV[i]
+  end
+end
+sweep()
+settle(true)
+return missing
+"""
+)
+
+# ARGV[3] most members to list. Answers {members, connections, truncated, [hgetall]}.
+PRESENCE_SNAPSHOT_LUA = (
+    PRESENCE_LUA
+    + """
+sweep()
+settle(false)
+local m, c = redis.call('HLEN', pm), redis.call('HLEN', pc)
+if m > tonumber(ARGV[3]) then return {m, c, 1} end
+return {m, c, 0, redis.call('HGETALL', pm)}
+"""
+)
+
+PRESENCE_STATS_LUA = (
+    PRESENCE_LUA
+    + """
+sweep()
+settle(false)
+return {redis.call('HLEN', pm), redis.call('HLEN', pc)}
+"""
+)
+
+
 def parse_url(url: str) -> tuple[str, str]:
     """Split ``?prefix=`` off a Redis URL: answer (URL for redis-py, key prefix)."""
     parts = urlsplit(url)
@@ -258,6 +408,18 @@ def _event(channel: str, raw_id: bytes, fields: list[bytes]) -> Event:
     )
 
 
+def _presence_note(channel: str, payload: bytes) -> PresenceDiff:
+    """Parse ``"p<j|l> <count> <len(subject)> <subject><info>"`` (see ``PRESENCE_LUA``)."""
+    count, size, rest = payload[3:].split(b" ", 2)
+    n = int(size)
+    kind = payload[1:2]
+    if kind not in (b"j", b"l") or payload[2:3] != b" ":
+        raise ValueError(payload[:3])
+    return PresenceDiff(
+        channel, "join" if kind == b"j" else "leave", rest[:n].decode(), rest[n:], int(count)
+    )
+
+
 def _notification(channel: str, payload: bytes) -> Event:
     """Parse ``"<id> <binary> <len(name)> <name><data>"`` (see ``APPEND_LUA``)."""
     raw_id, binary, size, rest = payload.split(b" ", 3)
@@ -323,6 +485,16 @@ class RedisBackend(Backend):
         self._redis: aioredis.Redis = aioredis.Redis.from_pool(pool)
         self._append_script = self._redis.register_script(APPEND_LUA)
         self._read_script = self._redis.register_script(READ_LUA)
+        self._presence_scripts = {
+            name: self._redis.register_script(lua)
+            for name, lua in (
+                ("join", PRESENCE_JOIN_LUA),
+                ("leave", PRESENCE_LEAVE_LUA),
+                ("refresh", PRESENCE_REFRESH_LUA),
+                ("snapshot", PRESENCE_SNAPSHOT_LUA),
+                ("stats", PRESENCE_STATS_LUA),
+            )
+        }
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.listen_timeout = listen_timeout
@@ -351,6 +523,10 @@ class RedisBackend(Backend):
     def _shard_channel(self, channel: str) -> bytes:
         return f"{self.prefix}{{{channel}}}:n".encode()
 
+    def _presence_keys(self, channel: str) -> list[str]:
+        tag = f"{self.prefix}{{{channel}}}"
+        return [f"{tag}:pc", f"{tag}:pe", f"{tag}:pm"]
+
     # --- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -358,6 +534,8 @@ class RedisBackend(Backend):
             await self._redis.ping()
             await self._redis.script_load(APPEND_LUA)
             await self._redis.script_load(READ_LUA)
+            for script in self._presence_scripts.values():
+                await self._redis.script_load(script.script)
         except (RedisError, OSError) as exc:
             raise BackendError(f"cannot reach Redis at {self._where}: {exc}") from exc
         self._ensure_listener()
@@ -461,6 +639,105 @@ class RedisBackend(Backend):
         with _wrapped("read"):
             res = await self._run_read(channel, ZERO, 0)
         return _id(res[0]) if res else ZERO
+
+    # --- presence --------------------------------------------------------------------
+
+    def _presence_call(
+        self, name: str, channel: str, *args: bytes | str | int
+    ) -> tuple[AsyncScript, list[str], list[bytes | str | int]]:
+        ttl_ms = max(1, int(self.retention.presence_ttl * 1000))
+        args_ = [self._shard_channel(channel), ttl_ms, *args]
+        return self._presence_scripts[name], self._presence_keys(channel), args_
+
+    async def _run_scripts(
+        self, calls: list[tuple[AsyncScript, list[str], list[bytes | str | int]]]
+    ) -> list[Any]:
+        """One pipelined round trip of EVALSHA (script cache flushed: load, redo those).
+        Only for idempotent scripts: a connection lost on the way is retried once."""
+        try:
+            results = await self._pipeline(calls)
+        except PoolExhausted:
+            raise
+        except (RedisConnectionError, RedisTimeoutError):
+            results = await self._pipeline(calls)
+        missing = [i for i, res in enumerate(results) if isinstance(res, NoScriptError)]
+        if missing:
+            for script in {id(calls[i][0]): calls[i][0] for i in missing}.values():
+                await self._redis.script_load(script.script)
+            again = await self._pipeline([calls[i] for i in missing])
+            for i, res in zip(missing, again, strict=True):
+                results[i] = res
+        for res in results:
+            if isinstance(res, Exception):
+                raise res
+        return results
+
+    async def _pipeline(
+        self, calls: list[tuple[AsyncScript, list[str], list[bytes | str | int]]]
+    ) -> list[Any]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for script, keys, args in calls:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+        return results
+
+    async def presence_join(self, entry: PresenceEntry) -> None:
+        await self._join([entry])
+
+    async def presence_join_many(self, entries: Sequence[PresenceEntry]) -> None:
+        await self._join(entries)
+
+    async def _join(self, entries: Sequence[PresenceEntry]) -> None:
+        calls = [
+            self._presence_call("join", e.channel, e.conn_id, e.subject.encode(), e.info)
+            for e in entries
+        ]
+        if calls:
+            with _wrapped("presence join"):
+                await self._run_scripts(calls)
+
+    async def presence_leave(self, channel: str, conn_id: str) -> None:
+        with _wrapped("presence leave"):
+            await self._run_scripts([self._presence_call("leave", channel, conn_id)])
+
+    async def presence_refresh(
+        self, entries: Sequence[PresenceEntry], sweep: Iterable[str] = ()
+    ) -> list[PresenceEntry]:
+        by_channel: dict[str, dict[str, PresenceEntry]] = {}
+        for entry in entries:
+            by_channel.setdefault(entry.channel, {})[entry.conn_id] = entry
+        for channel in sweep:
+            by_channel.setdefault(channel, {})
+        if not by_channel:
+            return []
+        calls = [self._presence_call("refresh", c, *conns) for c, conns in by_channel.items()]
+        with _wrapped("presence refresh"):
+            results = await self._run_scripts(calls)
+        missing = []
+        for conns, absent in zip(by_channel.values(), results, strict=True):
+            missing += [conns[raw.decode()] for raw in absent]
+        return missing
+
+    async def presence_snapshot(self, channel: str, limit: int) -> PresenceSnapshot:
+        with _wrapped("presence snapshot"):
+            (res,) = await self._run_scripts(
+                [self._presence_call("snapshot", channel, max(0, limit))]
+            )
+        member_count, connection_count = int(res[0]), int(res[1])
+        if int(res[2]):
+            return PresenceSnapshot([], member_count, connection_count, truncated=True)
+        members = []
+        flat = res[3]
+        for subject, value in zip(flat[::2], flat[1::2], strict=True):
+            count, _, info = value.partition(b" ")
+            members.append((subject.decode(), info, int(count)))
+        members.sort()
+        return PresenceSnapshot(members, member_count, connection_count)
+
+    async def presence_stats(self, channel: str) -> tuple[int, int]:
+        with _wrapped("presence stats"):
+            (res,) = await self._run_scripts([self._presence_call("stats", channel)])
+        return int(res[0]), int(res[1])
 
     # --- live notifications ----------------------------------------------------------
 
@@ -679,6 +956,9 @@ class RedisBackend(Backend):
             if kind == b"smessage":
                 chan = self._by_shard.get(msg[1])
                 if chan is not None:
+                    if msg[2][:1] == b"p":  # a presence diff (event notes start with a digit)
+                        self._deliver_presence(chan, msg[2])
+                        continue
                     try:
                         event = _notification(chan.name, msg[2])
                     except (ValueError, UnicodeDecodeError):
@@ -692,6 +972,18 @@ class RedisBackend(Backend):
                 self._confirmed(msg[1])
             elif kind == b"pong":
                 self._pong.set()
+
+    def _deliver_presence(self, chan: _Channel, payload: bytes) -> None:
+        try:
+            diff = _presence_note(chan.name, payload)
+        except (ValueError, UnicodeDecodeError):
+            log.error("ignored a malformed presence note on %r", chan.name)
+            return
+        if self._presence_sink is not None:
+            try:
+                self._presence_sink(diff)
+            except Exception:
+                log.exception("the presence sink failed on %r", chan.name)
 
     def _confirmed(self, shard: bytes) -> None:
         left = self._pending.get(shard, 0) - 1
