@@ -69,6 +69,11 @@ class Principal:
         if not self.can_presence(channel):
             raise Forbidden("token does not grant presence on this channel", channel=channel)
 
+    def check_presence_all(self, channels: list[str]) -> None:
+        denied = [c for c in channels if not self.can_presence(c)]
+        if denied:
+            raise Forbidden("token does not grant presence on these channels", channels=denied)
+
     def expired(self, now: float | None = None) -> bool:
         return self.expires_at is not None and (now or time.time()) >= self.expires_at
 

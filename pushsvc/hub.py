@@ -130,6 +130,7 @@ class Hub:
         self._presence_callbacks: dict[str, dict[int, PresenceCallback]] = {}
         self._callback_ids = itertools.count(1)
         self._presence_task: asyncio.Task[None] | None = None
+        self._presence_reconnects = 0
         backend.set_sink(self._dispatch, self._dispatch_gap)
         backend.set_presence_sink(self._dispatch_presence)
 
@@ -359,6 +360,18 @@ class Hub:
         self.metrics.presence_entries = len(self._presence)
         await self._leave(channel, conn_id)
 
+    def presence_forget(self, entry: PresenceEntry, leave: bool = True) -> None:
+        """Stop tracking ``entry`` (only that object: a newer one for the same connection
+        ID stays); ``leave``: remove it from the backend now (in a task), else let it
+        expire unless someone renews it (a long-poll's next request)."""
+        key = (entry.channel, entry.conn_id)
+        if self._presence.get(key) is not entry:
+            return
+        del self._presence[key]
+        self.metrics.presence_entries = len(self._presence)
+        if leave:
+            self._spawn(self._leave(entry.channel, entry.conn_id))
+
     async def _leave(self, channel: str, conn_id: str) -> None:
         try:
             await self.backend.presence_leave(channel, conn_id)
@@ -406,6 +419,13 @@ class Hub:
         sweep = list(self._presence_callbacks)
         if not entries and not sweep:
             return
+        reconnects = self.backend.listener_status().reconnects
+        if reconnects != self._presence_reconnects:
+            # diffs sent while the listener was away are lost: fresh snapshots for all
+            self._presence_reconnects = reconnects
+            for session in tuple(self.sessions):
+                if session.presence:
+                    self._spawn(session.resync_presence())
         missing = await self.backend.presence_refresh(entries, sweep)
         live = [e for e in missing if self._presence.get((e.channel, e.conn_id)) is e]
         if live:

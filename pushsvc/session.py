@@ -16,8 +16,10 @@ room in the queue (it is pulled from the log at the pace of the writer).
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pushsvc.auth import Principal
@@ -26,6 +28,7 @@ from pushsvc.protocol import codes
 from pushsvc.protocol import cursor as cursor_codec
 from pushsvc.protocol.events import Event, Gap
 from pushsvc.protocol.ids import StreamId
+from pushsvc.protocol.presence import PresenceDiff, PresenceEntry, PresenceSnapshot
 from pushsvc.protocol.resume import ChannelPosition
 from pushsvc.wires import Frame, Wire
 
@@ -49,6 +52,8 @@ class Session:
         "hub",
         "id",
         "last_seen",
+        "presence",
+        "presence_keep",
         "principal",
         "queue",
         "queued_bytes",
@@ -80,6 +85,11 @@ class Session:
         # Long-poll: stop replaying history once a batch is pending (nobody drains the
         # queue before the answer is written); the cursor says where to go on.
         self.bounded_replay = False
+        # channels whose presence this session joined (created on first use)
+        self.presence: dict[str, PresenceFeed] | None = None
+        # Long-poll: the entry outlives the request (the next poll renews it); on release
+        # it is no longer renewed here and expires unless a poll comes back.
+        self.presence_keep = False
 
     # --- cursor ----------------------------------------------------------------------
 
@@ -194,7 +204,90 @@ class Session:
         gone = [c for c in channels if self.channels.pop(c, None) is not None]
         for c in gone:
             self.segments.pop(c, None)
+        self.leave_presence(gone)
         self.hub.leave(self, gone)
+
+    # --- presence ----------------------------------------------------------------------
+
+    async def join_presence(
+        self, channels: list[str], conn_id: str | None = None, *, announce: bool = True
+    ) -> list[tuple[str, PresenceSnapshot]]:
+        """Join the presence of ``channels`` (subscribed already, so listened): take
+        their diffs from now on, add this connection's entry, read the snapshots. With
+        ``announce``, queue each snapshot, then the diffs that came meanwhile (a diff
+        says a member's count after it, so one older than the snapshot does no harm);
+        else the caller decides (``announce_presence``). Answers the snapshots."""
+        hub = self.hub
+        feeds = self.presence if self.presence is not None else {}
+        self.presence = feeds
+        if conn_id is None:
+            conn_id = next(iter(feeds.values())).entry.conn_id if feeds else hub.new_conn_id()
+        subject, info = self.principal.subject, self.principal.presence_info()
+        new = [c for c in channels if c not in feeds]
+        for c in new:
+            feed = feeds[c] = PresenceFeed(PresenceEntry(c, conn_id, subject, info))
+            feed.cancel = hub.on_presence_diff(c, functools.partial(self._on_presence, feed))
+        try:
+            await asyncio.gather(*(hub.presence_track(feeds[c].entry) for c in new))
+            snapshots = await self.read_presence(new)
+        except BaseException:
+            self.leave_presence(new)
+            raise
+        if announce:
+            self.announce_presence(snapshots)
+        return snapshots
+
+    async def read_presence(self, channels: list[str]) -> list[tuple[str, PresenceSnapshot]]:
+        limit = self.hub.settings.presence_snapshot_max
+        backend = self.hub.backend
+        snaps = await asyncio.gather(*(backend.presence_snapshot(c, limit) for c in channels))
+        return list(zip(channels, snaps, strict=True))
+
+    def announce_presence(
+        self, snapshots: list[tuple[str, PresenceSnapshot]], send: bool = True
+    ) -> None:
+        """Queue the snapshots (``send``: the client does not hold them yet), then the
+        diffs held back while they were read, and let diffs through from now on."""
+        for channel, snap in snapshots:
+            feed = (self.presence or {}).get(channel)
+            if feed is None:
+                continue
+            if send:
+                self.push(self.wire.presence(channel, snap))
+            held, feed.held = feed.held, None
+            if held and not snap.truncated:  # a counts-only view is not fed diffs it has
+                feed.changed = True
+                for diff in held:
+                    self.push(self.wire.presence_diff(diff))
+
+    async def resync_presence(self) -> None:
+        """Send fresh snapshots (diffs may have been lost: the listener reconnected)."""
+        feeds = self.presence or {}
+        for feed in feeds.values():
+            if feed.held is None:
+                feed.held = []
+        channels = list(feeds)
+        if channels:
+            self.announce_presence(await self.read_presence(channels))
+
+    def _on_presence(self, feed: PresenceFeed, diff: PresenceDiff) -> None:
+        if self.close_code is not None:
+            return
+        if feed.held is not None:
+            feed.held.append(diff)
+            return
+        feed.changed = True
+        self.push(self.wire.presence_diff(diff))
+
+    def leave_presence(self, channels: list[str]) -> None:
+        feeds = self.presence
+        if not feeds:
+            return
+        for c in channels:
+            feed = feeds.pop(c, None)
+            if feed is not None:
+                feed.cancel()
+                self.hub.presence_forget(feed.entry, leave=not self.presence_keep)
 
     # --- live path (hot) ---------------------------------------------------------------
 
@@ -298,8 +391,27 @@ class Session:
             self.writer.cancel()
         channels = list(self.channels)
         self.channels.clear()
+        if self.presence:
+            self.leave_presence(list(self.presence))
         self.hub.leave(self, channels)
         self.hub.forget(self)
+
+
+class PresenceFeed:
+    """A session's presence on one channel: its entry, the diff subscription, and the
+    diffs held back (``held`` is not None) until the snapshot they follow is queued."""
+
+    __slots__ = ("cancel", "changed", "entry", "held")
+
+    def __init__(self, entry: PresenceEntry) -> None:
+        self.entry = entry
+        self.cancel: Callable[[], None] = _nothing
+        self.held: list[PresenceDiff] | None = []
+        self.changed = False  # a diff went out (long-poll: answer a fresh snapshot too)
+
+
+def _nothing() -> None:
+    pass
 
 
 def _time_out(waiter: asyncio.Future[bool]) -> None:

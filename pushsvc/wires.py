@@ -6,6 +6,7 @@ from typing import ClassVar
 
 from pushsvc.protocol import frames
 from pushsvc.protocol.events import Event, Gap
+from pushsvc.protocol.presence import PresenceDiff, PresenceSnapshot
 
 Frame = str | bytes
 
@@ -27,6 +28,12 @@ class Wire:
 
     def control(self, kind: str, cursor: str | None = None, **fields: object) -> Frame:
         raise NotImplementedError
+
+    def presence(self, channel: str, snapshot: PresenceSnapshot) -> Frame:
+        return self.control("presence", **frames.presence_fields(channel, snapshot))
+
+    def presence_diff(self, diff: PresenceDiff) -> Frame:
+        return self.control(diff.kind, **frames.presence_diff_fields(diff))
 
 
 class WebSocketWire(Wire):
@@ -84,3 +91,9 @@ class PollWire(Wire):
 
     def control(self, kind: str, cursor: str | None = None, **fields: object) -> Frame:
         return b""
+
+    def presence(self, channel: str, snapshot: PresenceSnapshot) -> Frame:
+        return frames.poll_item("presence", frames.presence_fields(channel, snapshot))
+
+    def presence_diff(self, diff: PresenceDiff) -> Frame:
+        return frames.poll_item(diff.kind, frames.presence_diff_fields(diff))

@@ -39,6 +39,7 @@ class Limits:
 class Subscribe:
     channels: list[str]
     cursor: str | None
+    presence: bool = False  # join the channels' presence and receive it
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,9 +100,13 @@ def parse_object(obj: Any, limits: Limits) -> Frame:
         cursor = obj.get("cursor")
         if cursor is not None and not isinstance(cursor, str):
             raise BadRequest("cursor must be a string")
+        presence = obj.get("presence", False)
+        if not isinstance(presence, bool):
+            raise BadRequest("presence must be true or false")
         return Subscribe(
             check_channels(obj.get("channels"), limits.max_channels, limits.max_channel_length),
             cursor or None,
+            presence,
         )
     if kind == "unsubscribe":
         return Unsubscribe(

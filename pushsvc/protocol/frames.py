@@ -29,6 +29,7 @@ from typing import Any
 from pushsvc.protocol import cursor as cursor_codec
 from pushsvc.protocol.events import Event, Gap, dump_json, payload_json
 from pushsvc.protocol.ids import StreamId, format_id
+from pushsvc.protocol.presence import PresenceDiff, PresenceSnapshot
 
 # A named event, not a comment: the browser's EventSource hides comments, so a heartbeat
 # comment could not tell a quiet stream from a dead one there. ``onmessage`` ignores it.
@@ -157,6 +158,42 @@ def sse_retry(ms: int) -> bytes:
     return b"retry: " + str(int(ms)).encode() + b"\n\n"
 
 
+# --- presence (all transports) --------------------------------------------------------
+#
+# ``presence``: ``{"type":"presence","channel","members":[{"subject","info","connections"}],
+# "member_count","connection_count","truncated"}`` replaces the client's view of a channel;
+# ``join`` / ``leave``: ``{"type","channel","subject","info","connections"}``, the member's
+# connection count after the change (a join at 1: the member appeared; a leave at 0: it
+# left). SSE sends them as ``event: presence|join|leave`` with no ``id:`` (they do not move
+# the cursor); long-poll as items of the answer.
+
+
+def presence_fields(channel: str, snapshot: PresenceSnapshot) -> dict[str, Any]:
+    return {
+        "channel": channel,
+        "members": [
+            {"subject": subject, "info": json.loads(info), "connections": connections}
+            for subject, info, connections in snapshot.members
+        ],
+        "member_count": snapshot.member_count,
+        "connection_count": snapshot.connection_count,
+        "truncated": snapshot.truncated,
+    }
+
+
+def presence_diff_fields(diff: PresenceDiff) -> dict[str, Any]:
+    return {
+        "channel": diff.channel,
+        "subject": diff.subject,
+        "info": json.loads(diff.info),
+        "connections": diff.connections,
+    }
+
+
+def poll_item(kind: str, fields: dict[str, Any]) -> bytes:
+    return dump_json({"type": kind, **fields})
+
+
 # --- long-poll -----------------------------------------------------------------------
 
 
@@ -178,9 +215,12 @@ def poll_event(event: Event) -> bytes:
     return frame
 
 
-def poll_response(items: list[bytes], cursor: str) -> bytes:
+def poll_response(items: list[bytes], cursor: str, presence_version: str | None = None) -> bytes:
     """One long-poll answer: every pending item in one body, written once."""
-    return b'{"events":[' + b",".join(items) + b'],"cursor":"' + cursor.encode() + b'"}'
+    body = b'{"events":[' + b",".join(items) + b'],"cursor":"' + cursor.encode() + b'"'
+    if presence_version is not None:
+        body += b',"presence_version":"' + presence_version.encode() + b'"'
+    return body + b"}"
 
 
 def positions_cursor(positions: dict[str, StreamId]) -> str:

@@ -9,6 +9,8 @@ implement the same rules on Redis keys, and one contract suite checks both.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -104,3 +106,15 @@ class PresenceTable:
             return PresenceSnapshot([], len(self.members), len(self.conns), truncated=True)
         members = [(s, info, n) for s, (n, info) in sorted(self.members.items())]
         return PresenceSnapshot(members, len(self.members), len(self.conns))
+
+
+def snapshot_version(snapshots: Iterable[tuple[str, PresenceSnapshot]]) -> str:
+    """A short digest of what ``snapshots`` say: a long-poll client echoes the version of
+    the presence it holds, and gets fresh snapshots when that no longer matches."""
+    digest = hashlib.blake2b(digest_size=8)
+    for channel, snap in snapshots:
+        digest.update(channel.encode() + b"\x00")
+        digest.update(b"%d,%d,%d\x00" % (snap.member_count, snap.connection_count, snap.truncated))
+        for subject, info, connections in snap.members:
+            digest.update(subject.encode() + b"\x00" + info + b"\x00%d\x00" % connections)
+    return digest.hexdigest()

@@ -27,6 +27,7 @@ class Opening:
     principal: Principal
     channels: list[str]
     positions: dict[str, StreamId | None]
+    presence: bool = False  # ?presence=1: join the channels' presence and receive it
 
 
 async def serve_endpoint(
@@ -118,10 +119,21 @@ def open_request(
         query.getlist("channel"), settings.max_channels_per_session, settings.max_channel_length
     )
     principal.check_subscribe(channels)
+    presence = _flag(query.get("presence"), "presence")
+    if presence:
+        principal.check_presence_all(channels)
     positions = positions_from(cursor, channels)
     if count_connection and len(hub.sessions) >= settings.max_connections:
         raise Unavailable("connection limit reached on this instance", retry_after=2)
-    return Opening(principal, channels, positions)
+    return Opening(principal, channels, positions, presence)
+
+
+def _flag(raw: str | None, name: str) -> bool:
+    if raw is None or raw in ("", "0", "false"):
+        return False
+    if raw in ("1", "true"):
+        return True
+    raise BadRequest(f"{name} must be 1 or 0")
 
 
 def limit_publish(scope: Any, principal: Principal, count: int = 1) -> None:

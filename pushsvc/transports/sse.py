@@ -87,7 +87,10 @@ class SSEStream(Response):
             opening, self.opening = self.opening, None  # not needed once subscribed
             assert opening is not None, "an SSEStream is served once"
             try:
-                await session.subscribe(opening.channels, opening.positions)
+                new = await session.join(opening.channels, opening.positions)
+                if opening.presence:
+                    await session.join_presence(opening.channels)
+                await session.catch_up(new, opening.positions)
             except Exception as exc:
                 log.warning("SSE subscribe failed: %s", exc)
                 session.close(codes.WS_1011_INTERNAL_ERROR, "subscribe failed; retry")

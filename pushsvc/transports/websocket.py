@@ -247,13 +247,15 @@ class _Connection:
         if isinstance(frame, client_frames.Subscribe):
             try:
                 session.principal.check_subscribe(frame.channels)
+                if frame.presence:
+                    session.principal.check_presence_all(frame.channels)
                 positions = positions_from(frame.cursor, frame.channels)
             except PushError as exc:
                 if isinstance(exc, BadRequest) and exc.problem == "bad-cursor":
                     raise
                 self._error(exc, op="subscribe", channels=frame.channels)
                 return
-            await self._subscribe(frame.channels, positions)
+            await self._subscribe(frame.channels, positions, frame.presence)
         elif isinstance(frame, client_frames.Unsubscribe):
             session.unsubscribe(frame.channels)
             session.push(ws_control("unsubscribed", channels=frame.channels, cursor=session.cursor))
@@ -273,12 +275,17 @@ class _Connection:
             session.principal = principal
             session.push(ws_control("refreshed", expires_at=principal.expires_at))
 
-    async def _subscribe(self, channels: list[str], positions: dict[str, Any]) -> None:
-        """Join inline, so that the ``subscribed`` answer (and live delivery) precede
-        anything the client sends next; replay history in a task of its own, so that
-        the connection keeps reading (pings, publishes) during a long catch-up."""
+    async def _subscribe(
+        self, channels: list[str], positions: dict[str, Any], presence: bool = False
+    ) -> None:
+        """Join inline, so that the ``subscribed`` answer (and live delivery, and the
+        presence snapshots) precede anything the client sends next; replay history in a
+        task of its own, so that the connection keeps reading (pings, publishes) during
+        a long catch-up."""
         try:
             new = await self.session.join(channels, positions)
+            if presence:
+                await self.session.join_presence(channels)
         except PushError as exc:
             self._error(exc, op="subscribe", channels=channels)
             return
