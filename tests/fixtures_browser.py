@@ -49,6 +49,7 @@ _JS_OPTIONS = {
     "outbox_limit": "outboxLimit",
     "storage_key": "storageKey",
     "cursor": "cursor",
+    "presence": "presence",
 }
 _SECONDS = {"connect_timeout", "first_event_timeout", "reprobe_interval", "reprobe_max"}
 _SECONDS |= {"backoff_base", "backoff_cap"}
@@ -110,7 +111,9 @@ class BrowserClient:
     """The browser client (pushsvc.js) in a Chromium page, seen from the test.
 
     ``events``: every delivered event (``channel``, ``id``, ``data``, ``transport``, ``at``
-    in epoch ms); ``logs``: the client's ``onLog`` entries plus ``gap`` and ``published``.
+    in epoch ms); ``logs``: the client's ``onLog`` entries plus ``gap`` and ``published``;
+    ``presence``: the presence callbacks in order, ``{"kind": "join" | "leave", "channel",
+    "member"}`` and ``{"kind": "view", "channel", "members", "counts"}`` (``onPresence``).
     """
 
     name = "browser"
@@ -121,6 +124,7 @@ class BrowserClient:
         self.events: list[dict[str, Any]] = []
         self.logs: list[dict[str, Any]] = []
         self.console: list[str] = []
+        self.presence: list[dict[str, Any]] = []
         self.options: dict[str, Any] = {}
 
     async def start(
@@ -137,6 +141,7 @@ class BrowserClient:
         page = self.page = await self.browser.new_page()
         await page.expose_function("pushsvcEvent", lambda e: self.events.append(e))
         await page.expose_function("pushsvcLog", lambda e: self.logs.append(e))
+        await page.expose_function("pushsvcPresence", lambda e: self.presence.append(e))
         page.on("console", lambda m: self.console.append(m.text))
         page.on("pageerror", lambda e: self.console.append(f"pageerror: {e}"))
         self.url = base_url + "/__test/client.html"
@@ -207,6 +212,20 @@ class BrowserClient:
         import json
 
         return [json.loads(e["detail"]) for e in self.logs if e["kind"] == "published"]
+
+    async def members(self, channel: str) -> list[dict[str, Any]]:
+        """``client.members(channel)`` in the page."""
+        result: list[dict[str, Any]] = await self._eval("(c) => window.client.members(c)", channel)
+        return result
+
+    async def presence_counts(self, channel: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._eval("(c) => window.client.presenceCounts(c)", channel)
+        return result
+
+    def last_view(self, channel: str) -> list[dict[str, Any]] | None:
+        """The members the last ``onPresence`` of ``channel`` reported (None: none yet)."""
+        views = [p for p in self.presence if p["kind"] == "view" and p["channel"] == channel]
+        return views[-1]["members"] if views else None
 
     async def outbox_size(self) -> int:
         return int(await self._eval("() => window.client.outboxSize"))

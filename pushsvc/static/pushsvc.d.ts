@@ -15,6 +15,14 @@
 //   const h = await fetch("/v1/channels/chat:1/history?limit=50", { headers }).then((r) => r.json());
 //   render(h.events);
 //   const live = new PushClient("", { token, channels: ["chat:1"], cursor: h.cursor, onEvent });
+//
+// Presence: who is on the channels (the token needs the `presence` grant on each).
+//
+//   const room = new PushClient("", {
+//     token, channels: ["chat:1"], presence: true,
+//     onPresence: (channel, members) => render(members),   // [{subject, info, connections}]
+//     onJoin: (m) => say(`${m.info.name ?? m.subject} joined`),
+//   });
 
 /** Transports in the order the client prefers them. */
 export type TransportName = "websocket" | "sse" | "long-polling";
@@ -97,6 +105,26 @@ export interface LogEntry {
   detail?: string;
 }
 
+/** A member of a channel: a token subject with its token's `info`, and how many
+ *  connections (tabs, devices) it has on the channel. */
+export interface PresenceMember {
+  subject: string;
+  /** The `info` object of the member's most recently joined connection's token (`{}`). */
+  info: Record<string, unknown>;
+  /** Connections of this member on the channel; 0 in an `onLeave` (it is gone). */
+  connections: number;
+}
+
+export interface PresenceCounts {
+  members: number;
+  connections: number;
+  /**
+   * The server lists no members above its `presence_snapshot_max`: the view then keeps
+   * these counts only (from the snapshot, moved by each join/leave) and `members()` is empty.
+   */
+  truncated: boolean;
+}
+
 export interface PushClientOptions {
   /** A client token (see `pushsvc token`), or a function answering a fresh one per connect. */
   token: string | (() => string | Promise<string>);
@@ -111,6 +139,28 @@ export interface PushClientOptions {
    * A cursor the server refuses (400 `bad-cursor`) closes the client (`refused`).
    */
   cursor?: string;
+  /**
+   * Ask for presence on every channel, on every transport (the token needs the `presence`
+   * grant for each, besides `subscribe`). The client keeps a members view per channel:
+   * `members()`, `presenceCounts()`, `onJoin`, `onLeave`, `onPresence`. A token without
+   * the grant closes the client (`refused`, state `closed` with the reason). Default false.
+   */
+  presence?: boolean;
+  /**
+   * A member appeared on `channel` (its first connection; also each member of the first
+   * snapshot, the client's own subject included). Not called for a second tab of a member
+   * already there, nor while the view is truncated and a snapshot replaces it.
+   */
+  onJoin?: (member: PresenceMember, channel: string) => void;
+  /** A member disappeared from `channel` (its last connection went, or a fresh snapshot,
+   *  after a reconnect, no longer lists it); `member.connections` is 0. */
+  onLeave?: (member: PresenceMember, channel: string) => void;
+  /**
+   * The view of `channel` changed (a member, a connection count, an `info`, the counts):
+   * `members` is `client.members(channel)`. Called after `onJoin` / `onLeave`, once per
+   * frame that changed something.
+   */
+  onPresence?: (channel: string, members: PresenceMember[]) => void;
   /** Allowed transports, best first. Default: all three. */
   transports?: TransportName[];
   /** Called once per event, in order per channel, duplicates dropped. */
@@ -198,8 +248,46 @@ export class PushClient {
     data: unknown,
     options?: { event?: string; id?: string },
   ): Promise<string>;
+  /**
+   * The members of `channel` as this client sees them, sorted by subject (copies). Kept
+   * from the active connection's frames: a snapshot on each (re)subscription replaces
+   * the view, join/leave frames update it; it survives reconnects and transport switches
+   * until the new connection's snapshot. Empty without `presence`, before the first
+   * snapshot, and for a truncated view (see `presenceCounts`).
+   */
+  members(channel: string): PresenceMember[];
+  /** Member and connection counts of `channel` (right for a truncated view too). */
+  presenceCounts(channel: string): PresenceCounts;
   /** Stop for good. Queued messages stay in sessionStorage for a later client. */
   close(): void;
+}
+
+/**
+ * One channel's members kept from presence frames alone, as `PushClient` keeps them (for a
+ * page that reads the frames itself, e.g. from an `EventSource`). Each method answers who
+ * appeared and who disappeared. A frame's `connections` (the count after the change) is
+ * taken as is: a diff that a snapshot already holds changes nothing.
+ */
+export class PresenceView {
+  /** A snapshot has arrived. */
+  readonly known: boolean;
+  readonly truncated: boolean;
+  members(): PresenceMember[];
+  counts(): PresenceCounts;
+  /** A `presence` frame: replaces the view (per-member changes only between full views). */
+  snapshot(frame: {
+    members: PresenceMember[];
+    member_count: number;
+    connection_count: number;
+    truncated?: boolean;
+  }): PresenceChange;
+  join(frame: { subject: string; info?: Record<string, unknown>; connections: number }): PresenceChange;
+  leave(frame: { subject: string; info?: Record<string, unknown>; connections: number }): PresenceChange;
+}
+
+export interface PresenceChange {
+  joined: PresenceMember[];
+  left: PresenceMember[];
 }
 
 export default PushClient;

@@ -51,6 +51,18 @@
 // - The cursor, the last ID per channel and the outbox live in sessionStorage: a reload of
 //   the page resumes where it was (also from a cursor pinned before any event or transport)
 //   and still sends what was queued.
+// - Presence (options.presence): every subscription asks for it (WebSocket `presence: true`,
+//   SSE and long-poll `presence=1`; long-poll also sends a presence_id made once per client
+//   instance, which keeps its one presence entry across stateless polls, and echoes the
+//   previous answer's presence_version). A members view per channel is kept from the
+//   frames alone (PresenceView): a `presence` snapshot replaces it and is compared with the
+//   old view to report who appeared and disappeared; `join` / `leave` carry the member's
+//   connection count after the change, which the view takes as is (never added up), so a
+//   diff that a snapshot already holds changes nothing: no member twice, no ghost. Only the
+//   active connection's frames count; the view survives reconnects and transport switches
+//   until the new connection's snapshot replaces it. EventSource cannot see why a stream
+//   was refused, so a failed SSE attempt asks GET /v1/channels/{c}/presence/stats whether
+//   the token lacks the presence grant (403 closes the client with that reason).
 
 const ALL_TRANSPORTS = ["websocket", "sse", "long-polling"];
 
@@ -121,6 +133,112 @@ function toBase64(bytes) {
 function payload(frame) {
   if (frame.encoding === "base64") return fromBase64(frame.data);
   return frame.data;
+}
+
+// --- presence --------------------------------------------------------------------------
+// One channel's members as one client sees them, kept from the server's frames alone. Pure
+// (no I/O, no timers): each method answers what it changed, the client turns that into
+// callbacks. Members are keyed by subject, so none is there twice. A frame's `connections`
+// is the member's count AFTER the change and is taken as is, never added up: a diff that a
+// snapshot already holds (they may cross on the wire) changes nothing, and a `leave` with
+// 0 removes the member whatever came before, so no ghost stays. A truncated snapshot keeps
+// counts only; diffs then move the counts as the wire spec says.
+
+const count = (n) => (Number.isFinite(Number(n)) ? Math.max(0, Math.trunc(Number(n))) : 0);
+const isObject = (v) => v !== null && typeof v === "object" && !Array.isArray(v);
+const bySubject = (a, b) => (a.subject < b.subject ? -1 : a.subject > b.subject ? 1 : 0);
+
+function member(subject, info, connections) {
+  return { subject: String(subject), info: isObject(info) ? info : {}, connections };
+}
+
+export class PresenceView {
+  constructor() {
+    this.known = false; // a snapshot has arrived
+    this.truncated = false;
+    this._members = new Map(); // subject -> {subject, info, connections}
+    this._memberCount = 0; // kept only while truncated
+    this._connectionCount = 0;
+  }
+
+  members() {
+    return [...this._members.values()].map((m) => ({ ...m, info: { ...m.info } })).sort(bySubject);
+  }
+
+  counts() {
+    if (this.truncated) {
+      return { members: this._memberCount, connections: this._connectionCount, truncated: true };
+    }
+    let connections = 0;
+    for (const m of this._members.values()) connections += m.connections;
+    return { members: this._members.size, connections, truncated: false };
+  }
+
+  /** A `presence` frame: replaces the view. Per-member changes are reported between two
+   *  full views only (a truncated one does not say who is there). */
+  snapshot(frame) {
+    const old = this._members;
+    const full = !this.truncated;
+    this.known = true;
+    this.truncated = Boolean(frame.truncated);
+    this._members = new Map();
+    if (this.truncated) {
+      this._memberCount = count(frame.member_count);
+      this._connectionCount = count(frame.connection_count);
+      return { joined: [], left: [] };
+    }
+    for (const m of Array.isArray(frame.members) ? frame.members : []) {
+      if (m && m.subject != null) {
+        this._members.set(String(m.subject), member(m.subject, m.info, Math.max(1, count(m.connections))));
+      }
+    }
+    if (!full) return { joined: [], left: [] };
+    const joined = [...this._members.values()].filter((m) => !old.has(m.subject));
+    const left = [...old.values()]
+      .filter((m) => !this._members.has(m.subject))
+      .map((m) => ({ ...m, connections: 0 }));
+    return { joined: joined.map((m) => ({ ...m })).sort(bySubject), left: left.sort(bySubject) };
+  }
+
+  /** A `join` frame: `connections` 1 is a member appearing, 2+ another connection of it. */
+  join(frame) {
+    const connections = Math.max(1, count(frame.connections));
+    const m = member(frame.subject, frame.info, connections);
+    if (this.truncated) {
+      if (connections === 1) this._memberCount++;
+      this._connectionCount++;
+      return { joined: connections === 1 ? [m] : [], left: [] };
+    }
+    const held = this._members.has(m.subject);
+    this._members.set(m.subject, m); // its info is that of its latest connection
+    return { joined: held ? [] : [{ ...m }], left: [] };
+  }
+
+  /** A `leave` frame: `connections` 0 is the member gone, 1+ a connection of it gone. */
+  leave(frame) {
+    const connections = count(frame.connections);
+    const subject = String(frame.subject);
+    if (this.truncated) {
+      if (connections === 0) this._memberCount = Math.max(0, this._memberCount - 1);
+      this._connectionCount = Math.max(0, this._connectionCount - 1);
+      return { joined: [], left: connections === 0 ? [member(subject, frame.info, 0)] : [] };
+    }
+    const held = this._members.get(subject);
+    if (connections === 0) {
+      if (!held) return { joined: [], left: [] };
+      this._members.delete(subject);
+      return { joined: [], left: [{ ...held, connections: 0 }] };
+    }
+    // Still connected elsewhere. Absent here (a join this view never saw): the server says
+    // it is a member, with that many connections.
+    this._members.set(subject, member(subject, held ? held.info : frame.info, connections));
+    return { joined: held ? [] : [member(subject, frame.info, connections)], left: [] };
+  }
+
+  /** What onPresence compares: the view a page could render. */
+  _fingerprint() {
+    return JSON.stringify([this.known, this.counts(), this.members()]);
+  }
 }
 
 // --- connections ---------------------------------------------------------------------
@@ -231,7 +349,9 @@ class WebSocketConnection extends Connection {
     this.ws = ws;
     ws.binaryType = "arraybuffer";
     ws.onopen = () => {
-      ws.send(JSON.stringify({ type: "subscribe", channels: c.channels, cursor: cursor || null }));
+      const subscribe = { type: "subscribe", channels: c.channels, cursor: cursor || null };
+      if (c._presence) subscribe.presence = true;
+      ws.send(JSON.stringify(subscribe));
     };
     ws.onmessage = (m) => {
       let frames;
@@ -244,7 +364,8 @@ class WebSocketConnection extends Connection {
       for (const frame of frames) {
         if (this.closed) return;
         if (frame.type === "error" && frame.op === "subscribe") {
-          this._end({ message: `subscribe refused: ${frame.detail}`, status: frame.status, fatal: true });
+          const message = `subscribe refused (${frame.status}): ${frame.detail}`;
+          this._end({ message, status: frame.status, fatal: true });
           return;
         }
         this._frame(frame);
@@ -303,6 +424,7 @@ class SSEConnection extends Connection {
     const c = this.client;
     const query = { channel: c.channels, token: c._tokenValue };
     if (cursor) query.last_event_id = cursor;
+    if (c._presence) query.presence = "1";
     const es = (this.es = new EventSource(c._endpoint("/v1/sse", query)));
     const on = (type, fn) =>
       es.addEventListener(type, (e) => {
@@ -319,6 +441,8 @@ class SSEConnection extends Connection {
     on("message", (b, id) => this._frame({ type: "event", ...b, cursor: id }));
     on("gap", (b, id) => this._frame({ type: "gap", ...b, cursor: id }));
     on("heartbeat", () => this._frame({ type: "heartbeat" }));
+    // no `id:` on presence events: they do not move the cursor
+    for (const type of ["presence", "join", "leave"]) on(type, (b) => this._frame({ ...b, type }));
     on("close", (b) =>
       this._end({ message: `server closed the stream (${b.code} ${b.reason})`, code: b.code }),
     );
@@ -349,6 +473,12 @@ class PollConnection extends Connection {
       const timeout = first ? 0 : c.options.pollTimeout;
       const query = { channel: c.channels, timeout: String(timeout) };
       if (this.cursor) query.cursor = this.cursor;
+      if (c._presence) {
+        query.presence = "1";
+        query.presence_id = c._presenceId;
+        // Per connection: the first poll of each sends none, so it answers a fresh snapshot.
+        if (this.presenceVersion != null) query.presence_version = this.presenceVersion;
+      }
       const abort = (this.abort = new AbortController());
       const limit = first ? c.options.connectTimeout : timeout * 1000 + c._silenceLimit();
       const timer = setTimeout(() => abort.abort(), limit);
@@ -361,7 +491,8 @@ class PollConnection extends Connection {
         });
         if (!r.ok) {
           const fatal = r.status === 401 || r.status === 403;
-          this._end({ message: `poll answered HTTP ${r.status}`, status: r.status, fatal });
+          const detail = fatal ? await problemDetail(r) : "";
+          this._end({ message: `poll answered HTTP ${r.status}${detail}`, status: r.status, fatal });
           return;
         }
         body = await r.json();
@@ -376,6 +507,7 @@ class PollConnection extends Connection {
       if (first) this._frame({ type: "subscribed", channels: c.channels });
       first = false;
       for (const item of body.events) this._frame(item);
+      if (body.presence_version != null) this.presenceVersion = String(body.presence_version);
       this.cursor = body.cursor;
       this._frame({ type: "cursor", cursor: body.cursor });
     }
@@ -383,6 +515,15 @@ class PollConnection extends Connection {
 
   _teardown() {
     this.abort?.abort();
+  }
+}
+
+async function problemDetail(r) {
+  try {
+    const problem = await r.json();
+    return problem.detail ? `: ${problem.detail}` : "";
+  } catch {
+    return ""; // not JSON
   }
 }
 
@@ -426,6 +567,11 @@ export class PushClient {
     this._pinned = false; // the start position of every channel is fixed (see ready())
     this._readyWaiters = new Set();
     this._tokenValue = typeof options.token === "string" ? options.token : null;
+    this._presence = Boolean(options.presence);
+    // Long-poll's presence entry: one per client instance, kept across its polls (a reload
+    // is a new instance, whose old entry expires on the server).
+    this._presenceId = this._presence ? uuid().replace(/[^A-Za-z0-9_-]/g, "") : null;
+    this._views = new Map(); // channel -> PresenceView
     this._restore();
     if (options.cursor) {
       // Explicit start (load-then-subscribe) wins over the stored one. The stored last IDs
@@ -445,6 +591,14 @@ export class PushClient {
 
   get outboxSize() {
     return this._outbox.length;
+  }
+
+  members(channel) {
+    return this._views.get(channel)?.members() ?? [];
+  }
+
+  presenceCounts(channel) {
+    return this._views.get(channel)?.counts() ?? { members: 0, connections: 0, truncated: false };
   }
 
   ready(timeoutMs) {
@@ -552,6 +706,11 @@ export class PushClient {
         }
         // An outage is not the transport's fault: only a reachable server demotes it.
         if (this._closed || !(await this._reachable())) return null;
+        const refused = transport === "sse" && (await this._presenceRefusal());
+        if (refused) {
+          await this._recoverable(refused);
+          return null;
+        }
         if (transport !== candidates[candidates.length - 1]) this._block(transport, e.message);
       }
     }
@@ -678,6 +837,29 @@ export class PushClient {
     return new PushError(message, "negotiate", { status: r.status, fatal });
   }
 
+  // EventSource cannot see the status of a refused stream: without the presence grant SSE
+  // would look blocked by a proxy. The presence stats need the same grant: a 401/403 there
+  // is the reason (null: granted, not asked for, or no answer).
+  async _presenceRefusal() {
+    if (!this._presence || this._closed) return null;
+    for (const channel of this.channels) {
+      let r;
+      try {
+        r = await this._fetch(`/v1/channels/${encodeURIComponent(channel)}/presence/stats`, {
+          headers: { Authorization: `Bearer ${this._tokenValue}` },
+        });
+      } catch {
+        return null;
+      }
+      if (r.status === 401 || r.status === 403) {
+        const detail = await problemDetail(r);
+        const message = `presence refused on ${channel}: HTTP ${r.status}${detail}`;
+        return new PushError(message, "refused", { status: r.status, fatal: true });
+      }
+    }
+    return null;
+  }
+
   async _reachable() {
     try {
       await this._negotiate();
@@ -769,9 +951,26 @@ export class PushClient {
       case "error":
         if (f.op === "publish") this._publishFailed(f.id, f.status, f.detail);
         break;
+      case "presence":
+      case "join":
+      case "leave":
+        this._presenceFrame(f);
+        break;
       default:
         break; // pong, refreshed, unsubscribed, token-expired: nothing to do here
     }
+  }
+
+  _presenceFrame(f) {
+    if (!this._presence || !this.channels.includes(f.channel)) return;
+    let view = this._views.get(f.channel);
+    if (!view) this._views.set(f.channel, (view = new PresenceView()));
+    const before = view._fingerprint();
+    const change =
+      f.type === "presence" ? view.snapshot(f) : f.type === "join" ? view.join(f) : view.leave(f);
+    for (const m of change.left) this._call("onLeave", m, f.channel);
+    for (const m of change.joined) this._call("onJoin", m, f.channel);
+    if (view._fingerprint() !== before) this._call("onPresence", f.channel, view.members());
   }
 
   _setCursor(cursor) {
