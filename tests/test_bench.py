@@ -5,6 +5,7 @@ every event reached every subscriber exactly once. Full-scale runs are the bench
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,12 +25,15 @@ TINY = [
 ]  # fmt: skip
 
 
-def run_bench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_bench(
+    *args: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "pushsvc.bench", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
+        env=None if env is None else {**os.environ, **env},
     )
 
 
@@ -113,6 +117,49 @@ def test_bench_against_a_running_server_matches_its_metrics(server: Server, tmp_
     # the server behind a loopback --url is found in /proc: its CPU is measured
     assert phase["figures"]["server_cpu_us_per_delivery"] is not None
     assert SECRET not in (out / "bench.md").read_text()  # credentials are not recorded
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_idle_with_presence_reports_its_cost(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A few presence connections (each its own member, 4 per channel) held idle: every
+    subscriber got its snapshot, nothing arrived while idle, and the figures are there:
+    the refreshes (fast ones here), and on Redis the commands it processed."""
+    out = tmp_path / "out"
+    args = ["idle", "--presence", "-c", "24", "--channel-size", "4", "--idle-seconds", "1.5"]
+    if backend == "redis":
+        args += ["--redis-url", request.getfixturevalue("redis_server_url")]
+    fast = {"PUSHSVC_PRESENCE_REFRESH_INTERVAL": "0.25", "PUSHSVC_PRESENCE_TTL": "2"}
+    proc = run_bench(
+        "--spawn", backend, "--out", str(out), "--no-progress", "--no-plots", *args, env=fast
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [phase] = phases(out)
+    assert phase["complete"], phase
+    params, figures = phase["params"], phase["figures"]
+    assert params["presence"] is True and params["tokens"] == "one per connection"
+    assert figures["connections_open"] == figures["still_open_after_idle"] == 24
+    assert figures["channels"] == 6  # 8 per transport, 4 per channel
+    assert figures["presence_snapshots"] >= 24  # one at least per subscriber
+    # on the 4 WebSocket and SSE channels, each member sees the joins of the later ones
+    # (a long-poll between two polls may get a fresh snapshot instead)
+    assert figures["presence_joins"] >= 4 * (3 + 2 + 1)
+    assert figures["presence_frames_while_idle"] == 0 and figures["presence_leaves"] == 0
+    assert figures["server_idle_cpu_percent"] is not None
+    assert figures["presence_refreshes"] >= 2
+    assert figures["presence_refresh_ms_mean"] > 0
+    assert figures["backend_calls_per_s"]["presence_refresh"] > 0
+    report = (out / "bench.md").read_text()
+    assert "presence refreshes" in report and "presence = True" in report
+    if backend == "redis":
+        # one script per channel per refresh, plus the long-polls' joins when re-polled
+        assert figures["redis_script_calls_per_s"] > 0
+        assert figures["redis_commands_per_s"] >= figures["redis_script_calls_per_s"]
+        assert figures["redis_calls_per_s"]["evalsha"] > 0
+        assert "Redis while idle" in report
+    else:
+        assert "redis_commands_per_s" not in figures
 
 
 @pytest.mark.parametrize(

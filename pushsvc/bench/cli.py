@@ -84,6 +84,24 @@ def _transports(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option(
     "--idle-seconds", default=6.0, show_default=True, help="connections, idle: idle window."
 )
+@click.option(
+    "--presence",
+    is_flag=True,
+    help="connections, idle: subscribe with presence (WebSocket flag, SSE/long-poll "
+    "presence=1), each subscriber one presence connection.",
+)
+@click.option(
+    "--channel-size",
+    type=click.IntRange(min=1),
+    help="connections, idle: subscribers per channel (default: one channel per transport; "
+    "100 with --presence).",
+)
+@click.option(
+    "--token-per-connection/--shared-token",
+    default=None,
+    help="connections, idle: each subscriber its own token and subject (default with "
+    "--presence), or one token for all (default without).",
+)
 @click.option("-m", "--missed", default=5000, show_default=True, help="resume: missed events.")
 @click.option("--publishes", default=2000, show_default=True, help="publish: messages per mode.")
 @click.option("--batch", default=100, show_default=True, help="publish, resume: batch size.")
@@ -125,6 +143,9 @@ def bench(
     latency_subscribers: int | None,
     connections: int,
     idle_seconds: float,
+    presence: bool,
+    channel_size: int | None,
+    token_per_connection: bool | None,
     missed: int,
     publishes: int,
     batch: int,
@@ -145,6 +166,7 @@ def bench(
       pushsvc bench --spawn redis latency -n 500 --rate 50 --duration 20
       pushsvc bench --url http://127.0.0.1:8000 --secret S --api-key K connections -c 2000
       pushsvc bench --spawn redis idle -c 10000
+      pushsvc bench --spawn redis idle -c 10000 --presence
 
     Writes bench.json, bench.md and PNG plots to --out. Completeness is checked: every
     subscriber must receive every event exactly once.
@@ -179,6 +201,9 @@ def bench(
         latency_subscribers=latency_subscribers,
         connections=connections,
         idle_seconds=idle_seconds,
+        presence=presence,
+        channel_size=channel_size,
+        token_per_connection=token_per_connection,
         missed=missed,
         publishes=publishes,
         batch=batch,
@@ -230,11 +255,25 @@ def bench(
     else:
         assert url is not None and api_key is not None
         server = attach(url, api_key, secret)
-    if token is None:
-        assert server.secret is not None
-        token = Authenticator((server.secret,), ()).issue(
-            "pushsvc-bench", subscribe=["*"], publish=["*"], ttl=24 * 3600
-        )
+    mint = None
+    if server.secret is not None:
+        authenticator = Authenticator((server.secret,), ())
+
+        def mint(subject: str) -> str:
+            """A subscriber's own token: its subject, presence on every channel."""
+            return authenticator.issue(
+                subject,
+                subscribe=["*"],
+                presence=("*",),
+                info={"name": subject},
+                ttl=24 * 3600,
+            )
+
+        if token is None:
+            token = authenticator.issue(
+                "pushsvc-bench", subscribe=["*"], publish=["*"], presence=("*",), ttl=24 * 3600
+            )
+    assert token is not None
     if pin_gen is not None:
         proc.pin(0, {pin_gen})
 
@@ -265,6 +304,7 @@ def bench(
                 options,
                 progress=progress,
                 respawn=start_server if spawn_backend is not None else None,
+                mint=mint,
             )
             _run(runner, chosen, phases, console)
     finally:

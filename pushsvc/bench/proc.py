@@ -116,6 +116,32 @@ def listening_pids(port: int) -> list[int]:
     return sorted(pids)
 
 
+def local_ports(pids: list[int]) -> set[int]:
+    """The local TCP ports of the sockets ``pids`` hold (their connections to Redis, say)."""
+    inodes: set[str] = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in (PROC / str(pid) / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    link = os.readlink(fd)
+                    if link.startswith("socket:["):
+                        inodes.add(link[8:-1])
+    ports: set[int] = set()
+    if not inodes:
+        return ports
+    for name in ("tcp", "tcp6"):
+        try:
+            lines = (PROC / "net" / name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if len(parts) >= 10 and parts[9] in inodes:
+                with contextlib.suppress(ValueError):
+                    ports.add(int(parts[1].rpartition(":")[2], 16))
+    return ports
+
+
 def descendants(pid: int) -> list[int]:
     """The processes below ``pid`` (children, grandchildren, ...), from ``/proc/*/stat``."""
     parents: dict[int, list[int]] = {}

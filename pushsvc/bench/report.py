@@ -46,14 +46,20 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
     "connections": [
         ("connections_open", "connections"),
         ("still_open_after_idle", "open after idle"),
+        ("channels", "channels"),
         ("server_rss_kib_per_connection", "server RSS KiB/conn"),
         ("server_idle_cpu_percent", "server idle CPU %"),
+        ("redis_commands_per_s", "Redis commands/s"),
+        ("redis_cpu_percent", "Redis CPU %"),
     ],
     "idle": [
         ("connections_open", "connections"),
         ("still_open_after_idle", "open after idle"),
+        ("channels", "channels"),
         ("server_rss_kib_per_connection", "server RSS KiB/conn"),
         ("server_idle_cpu_percent", "server idle CPU %"),
+        ("redis_commands_per_s", "Redis commands/s"),
+        ("redis_cpu_percent", "Redis CPU %"),
     ],
     "resume": [
         ("replayed", "replayed"),
@@ -79,6 +85,8 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
 def _fmt(value: Any) -> str:
     if value is None:
         return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         if value >= 1000:
             return f"{value:,.0f}"
@@ -161,6 +169,7 @@ def markdown(meta: dict[str, Any], phases: Sequence[Phase], plots: Sequence[str]
         out.append("| " + " | ".join(head) + " |")
         out.append("|" + "---|" * len(head))
         out.extend("| " + " | ".join(row) + " |" for row in body)
+        out.extend(_idle_details(phases, scenario))
         notes = [f"{p.transport}: {n}" for p in phases if p.scenario == scenario for n in p.notes]
         if notes:
             out.append("")
@@ -196,6 +205,51 @@ def markdown(meta: dict[str, Any], phases: Sequence[Phase], plots: Sequence[str]
         out.append("")
         out.append(f"Plots skipped: {meta['plots_skipped']}")
     return "\n".join(out) + "\n"
+
+
+def _rates(rates: dict[str, float], top: int = 8) -> str:
+    shown = [f"{cmd} {_fmt(float(n))}" for cmd, n in list(rates.items())[:top]]
+    more = len(rates) - top
+    return ", ".join(shown) + (f", and {more} more" if more > 0 else "") if shown else "none"
+
+
+def _idle_details(phases: Sequence[Phase], scenario: str) -> list[str]:
+    """idle/connections: what the idle window cost beside the server's CPU: presence
+    frames, the server's backend calls, and what Redis processed."""
+    if scenario not in ("idle", "connections"):
+        return []
+    out: list[str] = []
+    for p in phases:
+        if p.scenario != scenario:
+            continue
+        f = p.figures
+        lines = []
+        if "presence_snapshots" in f:
+            lines.append(
+                f"presence: {_fmt(f['presence_snapshots'])} snapshots, "
+                f"{_fmt(f['presence_joins'])} joins, {_fmt(f['presence_leaves'])} leaves "
+                f"received (settled after {_fmt(f.get('presence_settle_s'))} s); "
+                f"{_fmt(f['presence_frames_while_idle'])} presence frames while idle"
+            )
+        if "backend_calls_per_s" in f:
+            refresh = ""
+            if f.get("presence_refreshes"):
+                refresh = (
+                    f"; {f['presence_refreshes']} presence refreshes, "
+                    f"{_fmt(f['presence_refresh_ms_mean'])} ms each on average"
+                )
+            lines.append(
+                "server's backend calls/s while idle: " + _rates(f["backend_calls_per_s"]) + refresh
+            )
+        if "redis_commands_per_s" in f:
+            lines.append(
+                f"Redis while idle: {_fmt(f['redis_commands_per_s'])} commands/s (commands "
+                f"inside scripts included), {_fmt(f['redis_script_calls_per_s'])} script "
+                f"calls/s, {_fmt(f['redis_cpu_percent'])}% of a core; by command: "
+                + _rates(f["redis_calls_per_s"])
+            )
+        out.extend(f"- {p.transport}: {line}" for line in lines)
+    return ["", *out] if out else []
 
 
 def plot(out: Path, phases: Sequence[Phase]) -> list[str]:

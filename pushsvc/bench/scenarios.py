@@ -7,6 +7,14 @@ reports what it has, with ``complete: false`` and the missing events as lost.
 
 ``Bench(..., dialect=...)`` runs fanout, latency and connections against a peer server
 (``benchmarks/peers/compare.py``): see :mod:`pushsvc.bench.dialects`.
+
+Presence (``Options.presence``; idle and connections): every subscriber subscribes with
+presence, each one a member of its own (its own token and subject, when the bench can
+mint tokens) spread over channels of ``channel_size`` (100 by default: 10,000 members on
+ONE channel would make every join a fan-out of 10,000 join frames, a fan-out benchmark,
+not an idle one). The idle window starts once the joins have quietened down; it measures
+the server's CPU and, on Redis, the commands Redis processed per second (``INFO``), with
+and without presence alike.
 """
 
 from __future__ import annotations
@@ -21,17 +29,20 @@ from array import array
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from dataclasses import replace as dc_replace
 from typing import Any
 
 import httpx
 
 from pushsvc.bench import proc
 from pushsvc.bench.dialects import PUSHSVC, Dialect
-from pushsvc.bench.server import ServerUnderTest
+from pushsvc.bench.server import RedisStats, ServerUnderTest, redis_stats
 from pushsvc.bench.wire import SUBSCRIBERS, Publisher, Subscriber, Tally, Target
 
 SATURATED = 0.9  # generator CPU, fraction of one core
 CONTENDED = 0.15  # busy time on the server's core that is not the server's
+PRESENCE_CHANNEL_SIZE = 100  # idle/connections with presence: members per channel
+QUIET = 1.0  # presence: seconds without a presence frame before the idle window starts
 SCENARIOS = ("fanout", "latency", "connections", "idle", "resume", "publish")
 TRANSPORTS = ("websocket", "sse", "long-polling")
 
@@ -52,6 +63,14 @@ class Options:
     publishers: int = 4
     payload_bytes: int = 64
     phase_timeout: float = 120.0
+    # idle, connections: subscribe with presence (each subscriber one presence connection)
+    presence: bool = False
+    # idle, connections: subscribers per channel; None: one channel per transport, or
+    # PRESENCE_CHANNEL_SIZE with presence
+    channel_size: int | None = None
+    # each subscriber its own token and subject (None: with presence, when tokens can be
+    # minted); else all share one token (and one verified Principal on the server)
+    token_per_connection: bool | None = None
     # fanout: publishes in flight (each on its own connection). 1: each event is published
     # once the previous publish was answered. More keeps a server busy that answers a
     # publish only after its fan-out (the comparison's peers) instead of idle in between.
@@ -180,8 +199,10 @@ class Bench:
         progress: Progress | None = None,
         respawn: Callable[[], ServerUnderTest] | None = None,
         dialect: Dialect = PUSHSVC,
+        mint: Callable[[str], str] | None = None,
     ) -> None:
         self.dialect = dialect
+        self.mint = mint  # subject -> a token for it (with the presence grant)
         self.server = server
         self.token = token
         self.o = options
@@ -227,18 +248,27 @@ class Bench:
         target_count: int,
         latencies: array[float] | None,
         on_target: Callable[[Tally], None] | None = None,
+        *,
+        channels: Callable[[int], str] | None = None,
+        tokens: Callable[[int], str] | None = None,
+        presence: bool = False,
     ) -> tuple[list[Subscriber], int]:
+        """``n`` subscribers of ``transport``: the i-th on ``channels(i)`` (default
+        ``channel``) with the token ``tokens(i)`` (default the bench's)."""
         cls = SUBSCRIBERS[transport]
         sem = asyncio.Semaphore(self.o.connect_concurrency)
         opened: list[Subscriber] = []
         failed = 0
+        shared = self.target
 
-        async def one() -> None:
+        async def one(i: int) -> None:
             nonlocal failed
             async with sem:
                 tally = Tally(target_count, latencies, ordered=self.dialect.ordered)
                 tally.on_target = on_target
-                sub = cls(self.target, channel, tally)
+                target = shared if tokens is None else dc_replace(shared, token=tokens(i))
+                chan = channel if channels is None else channels(i)
+                sub = cls(target, chan, tally, presence=presence)
                 try:
                     async with asyncio.timeout(30):
                         await sub.start()
@@ -249,7 +279,7 @@ class Bench:
                 opened.append(sub)
 
         async with self.progress(f"{transport}: connect", n, lambda: len(opened) + failed):
-            await asyncio.gather(*(one() for _ in range(n)))
+            await asyncio.gather(*(one(i) for i in range(n)))
         return opened, failed
 
     @staticmethod
@@ -278,7 +308,14 @@ class Bench:
             return {}
         out: dict[str, float] = {}
         for line in r.text.splitlines():
-            if line.startswith(("pushsvc_writes_total", "pushsvc_events_delivered_total")):
+            if line.startswith(
+                (
+                    "pushsvc_writes_total",
+                    "pushsvc_events_delivered_total",
+                    "pushsvc_backend_command_seconds_count",
+                    "pushsvc_backend_command_seconds_sum",
+                )
+            ):
                 name, _, value = line.rpartition(" ")
                 with contextlib.suppress(ValueError):
                     out[name] = float(value)
@@ -464,6 +501,7 @@ class Bench:
         phase = Phase(
             "connections", transport, {"connections": o.connections, "idle_s": o.idle_seconds}
         )
+        self._presence_params(phase)
         return await self._hold_idle(phase, [transport])
 
     async def idle(self) -> Phase:
@@ -480,7 +518,34 @@ class Bench:
                 "idle_s": o.idle_seconds,
             },
         )
+        self._presence_params(phase)
         return await self._hold_idle(phase, transports)
+
+    @property
+    def presence(self) -> bool:
+        return self.o.presence and self.dialect.is_pushsvc
+
+    @property
+    def channel_size(self) -> int | None:
+        """Subscribers per channel in idle/connections; ``None``: one per transport."""
+        size = self.o.channel_size
+        if size is None and self.presence:
+            size = PRESENCE_CHANNEL_SIZE
+        return size if size and size > 0 else None
+
+    @property
+    def token_per_connection(self) -> bool:
+        wanted = self.o.token_per_connection
+        if wanted is None:
+            wanted = self.presence
+        return wanted and self.mint is not None
+
+    def _presence_params(self, phase: Phase) -> None:
+        phase.params["presence"] = self.presence
+        phase.params["channel_size"] = self.channel_size or "all of a transport"
+        phase.params["tokens"] = "one per connection" if self.token_per_connection else "shared"
+        if self.o.token_per_connection and self.mint is None:
+            phase.notes.append("one shared token: the bench cannot mint tokens (--token)")
 
     async def _hold_idle(self, phase: Phase, transports: list[str]) -> Phase:
         """Open the connections, hold them idle, and measure RSS per connection and the
@@ -490,26 +555,42 @@ class Bench:
         if self.respawn is not None:
             self.server = self.respawn()  # fresh process: RSS deltas are this phase's
         channel = self.channel(phase.scenario, phase.transport)
+        presence = self.presence
+        size = self.channel_size
+        deadline = time.monotonic() + o.phase_timeout
         # warm up: first connections import and allocate what every later one shares
         for transport in transports:
             warm, _ = await self.open_subscribers(
-                transport, 20, f"{channel}-{transport}-warm", 0, None
+                transport, 20, f"{channel}-{transport}-warm", 0, None, presence=presence
             )
             await self.close_all(warm)
         await asyncio.sleep(o.settle)
         rss0 = self.server.rss_bytes()
         subs: list[Subscriber] = []
         failed = 0
+        names: set[str] = set()
         for i, transport in enumerate(transports):
             n = c // len(transports) + (1 if i < c % len(transports) else 0)
-            opened, f = await self.open_subscribers(transport, n, f"{channel}-{transport}", 0, None)
+            base = f"{channel}-{transport}"
+            chans = None if size is None else self._spread(base, size)
+            tokens = self._tokens(base) if self.token_per_connection else None
+            opened, f = await self.open_subscribers(
+                transport, n, base, 0, None, channels=chans, tokens=tokens, presence=presence
+            )
             subs += opened
             failed += f
+            names.update(s.channel for s in opened)
+        phase.figures["channels"] = len(names)
         if failed:
             phase.notes.append(f"{failed} of {c} connections failed")
             phase.complete = False
         await asyncio.sleep(max(o.settle, min(1.0, c / 1000)))
+        if presence:
+            await self._presence_quiet(subs, phase, deadline)
         rss1 = self.server.rss_bytes()
+        frames0 = sum(s.tally.presence_frames for s in subs)
+        before = self.scrape()
+        redis0 = self._redis_stats()
         meter = Meter(self.server)
         meter.start()
         async with self.progress(
@@ -519,6 +600,9 @@ class Bench:
         ):
             await asyncio.sleep(o.idle_seconds)
         meter.stop()
+        redis1 = self._redis_stats()
+        after = self.scrape()
+        frames1 = sum(s.tally.presence_frames for s in subs)
         alive = sum(1 for s in subs if _alive(s))
         await self.close_all(subs)
         phase.notes += subscriber_notes(subs)
@@ -529,7 +613,7 @@ class Bench:
         per_conn = None
         if rss0 is not None and rss1 is not None and subs:
             per_conn = round((rss1 - rss0) / len(subs) / 1024, 2)
-        phase.figures = {
+        phase.figures |= {
             "connections_open": len(subs),
             "still_open_after_idle": alive,
             "server_rss_before_mib": None if rss0 is None else round(rss0 / 2**20, 2),
@@ -539,7 +623,95 @@ class Bench:
                 None if phase.server_cpu is None else round(phase.server_cpu * 100, 3)
             ),
         }
+        if presence:
+            phase.figures |= {
+                "presence_snapshots": sum(s.tally.presence for s in subs),
+                "presence_joins": sum(s.tally.joins for s in subs),
+                "presence_leaves": sum(s.tally.leaves for s in subs),
+                "presence_frames_while_idle": frames1 - frames0,
+            }
+            without = sum(1 for s in subs if not s.tally.presence)
+            if without:
+                phase.notes.append(f"{without} subscribers received no presence snapshot")
+                phase.complete = False
+        phase.figures |= self._backend_figures(before, after, meter.wall)
+        if redis0 is not None and redis1 is not None:
+            rates = redis1.since(redis0)
+            phase.figures |= {
+                "redis_commands_per_s": rates["commands_per_s"],
+                "redis_script_calls_per_s": rates["script_calls_per_s"],
+                "redis_cpu_percent": rates["cpu_percent"],
+                "redis_calls_per_s": rates["calls_per_s"],
+                "redis_usec_per_s": rates["usec_per_s"],
+                "redis_other_clients": rates["other_clients"],
+            }
+            if rates["other_clients_active"]:
+                phase.notes.append(
+                    f"{rates['other_clients_active']} other Redis clients sent commands "
+                    "during the idle window: the Redis figures count theirs too"
+                )
         return phase
+
+    @staticmethod
+    def _spread(base: str, size: int) -> Callable[[int], str]:
+        """The i-th subscriber's channel: ``size`` subscribers per channel."""
+        return lambda i: f"{base}-{i // size}"
+
+    def _tokens(self, base: str) -> Callable[[int], str]:
+        """The i-th subscriber's own token: subject ``<base>-<i>``, a name as its info."""
+        assert self.mint is not None
+        mint = self.mint
+        return lambda i: mint(f"{base}-{i}")
+
+    async def _presence_quiet(self, subs: list[Subscriber], phase: Phase, deadline: float) -> None:
+        """Wait until no presence frame arrived for ``QUIET`` s: the joins (and the
+        long-polls they answered) are over, the idle window may start."""
+        last = -1
+        quiet_since = time.monotonic()
+        started = quiet_since
+        while True:
+            now = time.monotonic()
+            frames = sum(s.tally.presence_frames for s in subs)
+            if frames != last:
+                last, quiet_since = frames, now
+            elif now - quiet_since >= QUIET:
+                break
+            if now > deadline:
+                phase.notes.append("presence frames were still arriving at --phase-timeout")
+                phase.complete = False
+                break
+            await asyncio.sleep(0.25)
+        phase.figures["presence_settle_s"] = round(time.monotonic() - started, 2)
+
+    def _redis_stats(self) -> RedisStats | None:
+        if self.server.redis_url is None:
+            return None
+        return redis_stats(self.server.redis_url, self.server.pids)
+
+    @staticmethod
+    def _backend_figures(
+        before: dict[str, float], after: dict[str, float], wall: float
+    ) -> dict[str, Any]:
+        """The server's own backend calls over the window (its ``/metrics``): calls/s by
+        command, and the presence refreshes (count, mean round trip)."""
+        prefix = 'pushsvc_backend_command_seconds_count{command="'
+        calls: dict[str, float] = {}
+        for key, value in after.items():
+            if key.startswith(prefix) and wall > 0:
+                n = value - before.get(key, 0.0)
+                if n > 0:
+                    calls[key[len(prefix) : -2]] = round(n / wall, 2)
+        if not after:
+            return {}
+        out: dict[str, Any] = {"backend_calls_per_s": calls}
+        count_key = 'pushsvc_backend_command_seconds_count{command="presence_refresh"}'
+        sum_key = 'pushsvc_backend_command_seconds_sum{command="presence_refresh"}'
+        count = after.get(count_key, 0.0) - before.get(count_key, 0.0)
+        if count > 0:
+            seconds = after.get(sum_key, 0.0) - before.get(sum_key, 0.0)
+            out["presence_refreshes"] = int(count)
+            out["presence_refresh_ms_mean"] = round(seconds / count * 1000, 3)
+        return out
 
     # --- resume ----------------------------------------------------------------------------
 

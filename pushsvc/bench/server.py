@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
@@ -222,6 +223,87 @@ def attach(url: str, api_key: str, secret: str | None) -> ServerUnderTest:
     if is_loopback(server.host) and proc.available():
         server.pids = proc.listening_pids(server.port)
     return server
+
+
+@dataclass
+class RedisStats:
+    """One reading of a Redis server's counters (``INFO stats``, ``commandstats``, ``cpu``).
+
+    They count every client of that Redis, not only the server under test: ``others``
+    lists the other clients (``CLIENT LIST``: not the server's sockets nor this probe) with
+    the seconds since each last sent a command, so a reading can say whether anyone else
+    was busy meanwhile. Commands run inside a Lua script count too (Redis counts them)."""
+
+    at: float
+    commands: int  # total_commands_processed
+    calls: dict[str, int]  # commandstats: command -> calls
+    usec: dict[str, int]  # commandstats: command -> microseconds
+    cpu: float  # used_cpu_sys + used_cpu_user, seconds
+    others: list[float]  # other clients: idle seconds of each
+
+    def since(self, before: RedisStats) -> dict[str, Any]:
+        """Rates over ``before`` -> ``self``, without the probe's own INFO and CLIENT."""
+        wall = max(1e-9, self.at - before.at)
+        own = {"info", "client|list", "client|info", "hello"}  # the probe's connection
+        calls = {
+            cmd: n - before.calls.get(cmd, 0)
+            for cmd, n in self.calls.items()
+            if cmd not in own and n > before.calls.get(cmd, 0)
+        }
+        probe = sum(
+            self.calls.get(cmd, 0) - before.calls.get(cmd, 0) for cmd in own if cmd in self.calls
+        )
+        scripts = sum(n for cmd, n in calls.items() if cmd in ("evalsha", "eval", "fcall"))
+        busy = [idle for idle in self.others if idle < wall]
+        return {
+            "seconds": round(wall, 3),
+            "commands_per_s": round((self.commands - before.commands - probe) / wall, 2),
+            "script_calls_per_s": round(scripts / wall, 2),
+            "cpu_percent": round((self.cpu - before.cpu) / wall * 100, 3),
+            "calls_per_s": {
+                cmd: round(n / wall, 2) for cmd, n in sorted(calls.items(), key=lambda x: -x[1])
+            },
+            "usec_per_s": {
+                cmd: round((self.usec.get(cmd, 0) - before.usec.get(cmd, 0)) / wall, 1)
+                for cmd in calls
+            },
+            "other_clients": len(self.others),
+            "other_clients_active": len(busy),
+        }
+
+
+def redis_stats(redis_url: str, server_pids: list[int]) -> RedisStats | None:
+    """Read the counters of the Redis at ``redis_url``; ``None`` when it cannot be read."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        mine = int(str(client.client_info()["addr"]).rpartition(":")[2])
+        ports = proc.local_ports(server_pids) | {mine}
+        others = [
+            float(c.get("idle", 0))
+            for c in client.client_list()
+            if int(str(c.get("addr", ":0")).rpartition(":")[2] or 0) not in ports
+        ]
+        info = client.info("all")
+    except (redis.RedisError, OSError, ValueError):
+        return None
+    finally:
+        client.close()
+    calls: dict[str, int] = {}
+    usec: dict[str, int] = {}
+    for key, value in info.items():
+        if key.startswith("cmdstat_") and isinstance(value, dict):
+            calls[key[8:]] = int(value.get("calls", 0))
+            usec[key[8:]] = int(value.get("usec", 0))
+    return RedisStats(
+        time.monotonic(),
+        int(info.get("total_commands_processed", 0)),
+        calls,
+        usec,
+        float(info.get("used_cpu_sys", 0.0)) + float(info.get("used_cpu_user", 0.0)),
+        others,
+    )
 
 
 def delete_redis_prefix(redis_url: str, prefix: str) -> int:

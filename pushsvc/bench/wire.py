@@ -16,12 +16,18 @@ The generator must stay cheaper per delivery than the server it measures, so:
   peer's subscription handshake (none, or Socket.IO over a raw WebSocket) and find
   ``@<ms>-<seq>@`` in the payload the generator published; their tally counts distinct
   sequence numbers (order-insensitive).
+- Presence (``presence=True``, pushsvc only): the WebSocket ``subscribe`` frame carries
+  ``"presence": true``, SSE and long-poll ask ``presence=1`` (a long-poll subscriber sends
+  its own ``presence_id`` and echoes ``presence_version``). ``presence``, ``join`` and
+  ``leave`` frames are counted apart (``Tally.presence``/``joins``/``leaves``) and never
+  as events.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import random
 import re
@@ -43,6 +49,12 @@ SSE_ID_RE = re.compile(rb"(?m)^id: ?(.*)$")
 WS_EVENT = b'{"type":"event"'
 WS_SUBSCRIBED = b'{"type":"subscribed"'
 WS_GAP = b'{"type":"gap"'
+WS_PRESENCE = b'{"type":"presence"'
+WS_JOIN = b'{"type":"join"'
+WS_LEAVE = b'{"type":"leave"'
+SSE_PRESENCE_EVENTS = (b"event: presence\n", b"event: join\n", b"event: leave\n")
+POLL_PRESENCE_ITEMS = (b'{"type":"presence"', b'{"type":"join"', b'{"type":"leave"')
+PRESENCE_VERSION_RE = re.compile(rb'"presence_version":"([^"]*)"')
 
 
 class Tally:
@@ -54,9 +66,12 @@ class Tally:
         "done",
         "dups",
         "gaps",
+        "joins",
         "last",
         "latencies",
+        "leaves",
         "on_target",
+        "presence",
         "reached_at",
         "seen",
         "subscribed",
@@ -69,6 +84,9 @@ class Tally:
         self.count = 0  # distinct events (ordered: in order)
         self.dups = 0
         self.gaps = 0
+        self.presence = 0  # presence snapshots received (not events)
+        self.joins = 0  # join frames (not events)
+        self.leaves = 0  # leave frames (not events)
         self.last: tuple[int, int] = (0, 0)
         self.target = target
         self.reached_at: float | None = None
@@ -79,6 +97,10 @@ class Tally:
         self.on_target: Callable[[Tally], None] | None = None
         # unordered (peers): the sequence numbers seen so far
         self.seen: set[int] | None = None if ordered else set()
+
+    @property
+    def presence_frames(self) -> int:
+        return self.presence + self.joins + self.leaves
 
     def add(self, ids: list[tuple[bytes, bytes]]) -> None:
         if not ids:
@@ -199,12 +221,14 @@ class WSClient(asyncio.Protocol):
             self.opened.set_exception(ConnectionError(f"WebSocket closed before upgrade: {exc}"))
         self.closed.set()
 
-    def subscribe(self, channels: list[str], cursor: str | None = None) -> None:
-        import json
-
+    def subscribe(
+        self, channels: list[str], cursor: str | None = None, presence: bool = False
+    ) -> None:
         frame: dict[str, Any] = {"type": "subscribe", "channels": channels}
         if cursor is not None:
             frame["cursor"] = cursor
+        if presence:
+            frame["presence"] = True
         self.send_text(json.dumps(frame).encode())
 
     def send_text(self, payload: bytes) -> None:
@@ -296,6 +320,12 @@ class WSClient(asyncio.Protocol):
             if c is not None:
                 self.tally.cursor = c.group(1).decode()
             self.tally.subscribed.set()
+        elif buf.startswith(WS_JOIN, start):
+            self.tally.joins += 1
+        elif buf.startswith(WS_LEAVE, start):
+            self.tally.leaves += 1
+        elif buf.startswith(WS_PRESENCE, start):
+            self.tally.presence += 1
         elif buf.startswith(WS_GAP, start):
             self.tally.gaps += 1
 
@@ -438,10 +468,20 @@ class Subscriber:
 
     transport_name = ""
 
-    def __init__(self, target: Target, channel: str, tally: Tally) -> None:
+    def __init__(
+        self,
+        target: Target,
+        channel: str,
+        tally: Tally,
+        presence: bool = False,
+        presence_id: str | None = None,
+    ) -> None:
         self.target = target
         self.channel = channel
         self.tally = tally
+        self.presence = presence  # subscribe with presence (pushsvc)
+        # long-poll: the client's presence entry for all its polls (8-64 of [A-Za-z0-9_-])
+        self.presence_id = presence_id or (os.urandom(9).hex() if presence else None)
         self.error: str | None = None  # why it stopped receiving early
 
     async def start(self, cursor: str | None = None) -> None:
@@ -474,7 +514,7 @@ class WSSubscriber(Subscriber):
         )
         await self.client.opened
         if dialect.ws_protocol == "pushsvc":
-            self.client.subscribe([self.channel], cursor)
+            self.client.subscribe([self.channel], cursor, self.presence)
         elif dialect.ws_protocol == "raw":
             self.tally.subscribed.set()  # the upgrade is the subscription
         await _subscribed_or_lost(self.tally.subscribed, self.client.closed)
@@ -499,6 +539,8 @@ class SSESubscriber(Subscriber):
         if cursor is not None:
             headers["Last-Event-ID"] = cursor
         path = dialect.path(dialect.sse_path, self.channel)
+        if self.presence:
+            path += "&presence=1"
         status = await self.client.stream(path, headers, self._chunk)
         if status != 200:
             raise ConnectionError(f"SSE answered {status}")
@@ -525,9 +567,26 @@ class SSESubscriber(Subscriber):
                 tally.subscribed.set()
         if self.pushsvc and b"event: gap\n" in block:
             tally.gaps += block.count(b"event: gap\n")
+        if self.presence and any(e in block for e in SSE_PRESENCE_EVENTS):
+            block = self._presence_frames(block)
         ids = self.id_re.findall(block)
         if ids:
             tally.add(ids)
+
+    def _presence_frames(self, block: bytes) -> bytes:
+        """Count the block's presence/join/leave frames; answer the block without them."""
+        kept: list[bytes] = []
+        tally = self.tally
+        for frame in block.split(b"\n\n"):
+            if frame.startswith(b"event: presence\n"):
+                tally.presence += 1
+            elif frame.startswith(b"event: join\n"):
+                tally.joins += 1
+            elif frame.startswith(b"event: leave\n"):
+                tally.leaves += 1
+            else:
+                kept.append(frame)
+        return b"\n\n".join(kept)
 
     def close(self) -> None:
         client = getattr(self, "client", None)
@@ -557,6 +616,7 @@ class PollSubscriber(Subscriber):
         self.stopped = False
         self.polls = 0
         self.refused: dict[str, int] = {}
+        self.presence_version: str | None = None
         self.tally.cursor = cursor
         if cursor is None:
             await self.poll(timeout=0)  # seeds the cursor at the channel's top
@@ -567,6 +627,10 @@ class PollSubscriber(Subscriber):
         path = f"/v1/poll?channel={quote(self.channel)}&timeout={timeout:g}"
         if self.tally.cursor:
             path += "&cursor=" + quote(self.tally.cursor)
+        if self.presence:
+            path += f"&presence=1&presence_id={self.presence_id}"
+            if self.presence_version is not None:
+                path += "&presence_version=" + quote(self.presence_version)
         r = await self.client.request("GET", path, auth_header(self.target.token))
         self.polls += 1
         if r.status in (429, 503):
@@ -581,9 +645,34 @@ class PollSubscriber(Subscriber):
             self.tally.cursor = body[at + 10 : body.find(b'"', at + 10)].decode()
         if b'"type":"gap"' in body:
             self.tally.gaps += body.count(b'"type":"gap"')
+        if self.presence:
+            v = PRESENCE_VERSION_RE.search(body, max(0, at))
+            if v is not None:
+                self.presence_version = v.group(1).decode()
+            if any(item in body for item in POLL_PRESENCE_ITEMS):
+                self._presence_items(body)
+                return
         ids = ID_RE.findall(body)
         if ids:
             self.tally.add(ids)
+
+    def _presence_items(self, body: bytes) -> None:
+        """An answer with presence items (rare): parsed whole, events tallied apart."""
+        tally = self.tally
+        ids: list[tuple[bytes, bytes]] = []
+        for item in json.loads(body)["events"]:
+            kind = item.get("type")
+            if kind == "presence":
+                tally.presence += 1
+            elif kind == "join":
+                tally.joins += 1
+            elif kind == "leave":
+                tally.leaves += 1
+            elif kind == "event":
+                ms, _, seq = str(item["id"]).partition("-")
+                ids.append((ms.encode(), seq.encode()))
+        if ids:
+            tally.add(ids)
 
     async def _loop(self) -> None:
         tally = self.tally
