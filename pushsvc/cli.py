@@ -410,6 +410,11 @@ def token(
 @click.option("--count", type=int, help="Exit after this many events.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.option("--quiet", is_flag=True, help="No connection-state lines on stderr.")
+@click.option(
+    "--presence",
+    is_flag=True,
+    help="Also print members joining and leaving CHANNELS (the token needs the presence grant).",
+)
 def subscribe(
     channels: tuple[str, ...],
     url: str,
@@ -419,12 +424,22 @@ def subscribe(
     count: int | None,
     as_json: bool,
     quiet: bool,
+    presence: bool,
 ) -> None:
-    """Print the events of CHANNELS as they arrive, one line each."""
+    """Print the events of CHANNELS as they arrive, one line each (with --presence, a line
+    per member joining or leaving too)."""
     try:
         asyncio.run(
             _subscribe(
-                url, token, list(channels), transports or TRANSPORTS, cursor, count, as_json, quiet
+                url,
+                token,
+                list(channels),
+                transports or TRANSPORTS,
+                cursor,
+                count,
+                as_json,
+                quiet,
+                presence,
             )
         )
     except KeyboardInterrupt:
@@ -440,16 +455,27 @@ async def _subscribe(
     count: int | None,
     as_json: bool,
     quiet: bool,
+    presence: bool = False,
 ) -> None:
-    from pushsvc.client import Client, Event, PushClientError
+    from pushsvc.client import Client, Event, PresenceChange, PushClientError
 
     def on_state(state: str, transport: str | None) -> None:
         if not quiet and state != "gap":
             click.echo(f"pushsvc: {state}" + (f" ({transport})" if transport else ""), err=True)
 
+    def on_presence(change: PresenceChange) -> None:
+        click.echo(_format_presence(change, as_json))
+
     try:
         client = Client(
-            url, token, channels, transports=transports, cursor=cursor, on_state=on_state
+            url,
+            token,
+            channels,
+            transports=transports,
+            cursor=cursor,
+            on_state=on_state,
+            presence=presence,
+            on_presence=on_presence if presence else None,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
@@ -481,6 +507,29 @@ async def _subscribe(
 def _ignore_outcome(task: asyncio.Task[None]) -> None:
     if not task.cancelled():
         task.exception()  # a client that failed says so through its iterator
+
+
+def _format_presence(change: Any, as_json: bool) -> str:
+    """A member that appeared or disappeared (a fresh snapshot prints only the members it
+    adds or removes, so the first one prints a join for each member present)."""
+    member = change.member
+    if as_json:
+        return json.dumps(
+            {
+                "type": change.kind,
+                "channel": change.channel,
+                "subject": member.subject,
+                "info": member.info,
+                "connections": member.connections,
+            },
+            ensure_ascii=False,
+        )
+    n = member.connections
+    info = json.dumps(member.info, ensure_ascii=False)
+    return (
+        f"{change.channel} {change.kind} {member.subject} {info} "
+        f"({n} connection{'' if n == 1 else 's'})"
+    )
 
 
 def _format(item: Any, as_json: bool) -> str:

@@ -6,13 +6,16 @@ from __future__ import annotations
 import base64
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
@@ -329,3 +332,79 @@ def test_publish_without_credentials_is_a_usage_error() -> None:
     )
     assert result.exit_code == 2
     assert "--api-key or --token" in result.output
+
+
+def _presence_token(subject: str, info: dict[str, str]) -> str:
+    return Authenticator((SECRET,), ()).issue(
+        subject, subscribe=("*",), publish=("*",), presence=("*",), info=info, ttl=600
+    )
+
+
+class _Lines:
+    """The lines of a subprocess pipe, read by a thread, taken with a deadline (a
+    ``select`` on the pipe misses lines already in the reader's buffer)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.queue: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream: Any) -> None:
+        for line in stream:
+            self.queue.put(line.rstrip("\n"))
+
+    def take(self, n: int, timeout: float = 15) -> list[str]:
+        lines: list[str] = []
+        deadline = time.monotonic() + timeout
+        while len(lines) < n:
+            try:
+                lines.append(self.queue.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                raise AssertionError(f"waited {timeout} s for {n} lines, got {lines}") from None
+        return lines
+
+
+@memory_only
+def test_subscribe_presence_prints_joins_and_leaves(server: Server) -> None:
+    channel = f"cli-{uuid.uuid4().hex[:8]}"
+    base = [sys.executable, "-m", "pushsvc", "subscribe", channel, "--url", server.url]
+    alice_token = _presence_token("alice", {"name": "Alice"})
+    alice = subprocess.Popen(
+        [*base, "--token", alice_token, "--presence", "--count", "1", "--quiet"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    bob = None
+    try:
+        alice_lines = _Lines(alice.stdout)
+        assert alice_lines.take(1) == [f'{channel} join alice {{"name": "Alice"}} (1 connection)']
+        bob_token = _presence_token("bob", {})
+        bob = subprocess.Popen(
+            [*base, "--token", bob_token, "--presence", "--json", "--quiet"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        # bob's first snapshot: a join for each member present, alice's included
+        assert [json.loads(line) for line in _Lines(bob.stdout).take(2)] == [
+            {
+                "type": "join",
+                "channel": channel,
+                "subject": subject,
+                "info": info,
+                "connections": 1,
+            }
+            for subject, info in (("alice", {"name": "Alice"}), ("bob", {}))
+        ]
+        assert alice_lines.take(1) == [f"{channel} join bob {{}} (1 connection)"]
+        bob.kill()
+        bob.wait()
+        assert alice_lines.take(1) == [f"{channel} leave bob {{}} (0 connections)"]
+        event_id = server.publish(channel, "bye")
+        out = alice_lines.take(1)
+        alice.wait(15)
+    finally:
+        for proc in (alice, bob):
+            if proc is not None:
+                proc.kill()
+                proc.wait()
+    assert out == [f'{channel} message {event_id} "bye"']
+    assert alice.returncode == 0

@@ -15,7 +15,7 @@ from pushsvc.client._errors import (
     PushClientError,
     ServerRejected,
 )
-from pushsvc.client._models import STATES, TRANSPORTS, Event, Gap
+from pushsvc.client._models import STATES, TRANSPORTS, Event, Gap, Member, PresenceChange
 
 __all__ = [
     "STATES",
@@ -24,7 +24,9 @@ __all__ = [
     "ClientClosed",
     "Event",
     "Gap",
+    "Member",
     "OutboxFull",
+    "PresenceChange",
     "PublishRejected",
     "PushClientError",
     "ServerRejected",

@@ -26,6 +26,11 @@ Choices worth knowing:
 - **Moving up** (re-probe): while on a fallback, a better transport is opened *beside*
   the current one, resuming from the current cursor; once it works the old one is closed.
   There is no moment without a connection, and the dedup absorbs the overlap.
+- **Presence** (``presence=True``): every subscription asks for it, and the connections
+  hand the server's presence frames to ``PresenceViews`` (``_presence``), told which
+  connection is in use when ``_serve`` adopts one: the views follow that connection only,
+  so the overlap of a move-up or a reconnect neither doubles nor loses a member. Presence
+  frames are not items: ``on_presence`` reports members appearing and disappearing.
 - **Backpressure**: items wait in a bounded buffer; when it is full the connection readers
   pause (the server then closes a WS/SSE as a slow consumer and the client resumes from
   its cursor, losing nothing). Items are appended synchronously, so two connections
@@ -37,8 +42,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import itertools
 import json
 import logging
+import secrets
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
@@ -62,9 +69,12 @@ from pushsvc.client._models import (
     TRANSPORTS,
     Event,
     Gap,
+    Member,
+    PresenceChange,
     parse_id,
 )
 from pushsvc.client._outbox import Outbox, Outgoing
+from pushsvc.client._presence import PresenceViews
 from pushsvc.client._transports import CONNECTIONS, Connection, Context, _detail
 from pushsvc.exceptions import BadCursor
 from pushsvc.protocol import cursor as cursor_codec
@@ -73,6 +83,7 @@ log = logging.getLogger("pushsvc.client")
 
 StateCallback = Callable[[str, str | None], object]
 GapCallback = Callable[[Gap], object]
+PresenceCallback = Callable[[PresenceChange], object]
 TokenSource = str | Callable[[], str | Awaitable[str]]
 Item = Event | Gap
 
@@ -84,6 +95,11 @@ class Client:
     ``Event`` and ``Gap`` items; ``await c.publish("chat", {"text": "hi"})`` answers the
     event ID once the server acked it. ``token`` may be a callable (sync or async) that
     answers a fresh token before each connection.
+
+    With ``presence=True`` (the token needs the presence grant on every channel),
+    ``c.members(channel)`` and ``c.presence_counts(channel)`` tell who is on a channel, and
+    ``on_presence(change)`` is called with each ``PresenceChange`` (a member appearing or
+    disappearing, the client's own subject included).
     """
 
     def __init__(
@@ -96,6 +112,8 @@ class Client:
         cursor: str | None = None,
         on_state: StateCallback | None = None,
         on_gap: GapCallback | None = None,
+        presence: bool = False,
+        on_presence: PresenceCallback | None = None,
         sse_first_byte_timeout: float = 3.0,
         reprobe_interval: float = 60.0,
         backoff_base: float = 0.5,
@@ -117,6 +135,8 @@ class Client:
             raise ValueError(f"transports must be among {TRANSPORTS}, got {unknown or 'none'}")
         self.on_state = on_state
         self.on_gap = on_gap
+        self.presence = presence
+        self.on_presence = on_presence
         self.reprobe_interval = reprobe_interval
         self.healthy_after = healthy_after
         self.poll_timeout = poll_timeout
@@ -151,7 +171,11 @@ class Client:
             connect_timeout=connect_timeout,
             sse_first_byte_timeout=sse_first_byte_timeout,
             poll_timeout=poll_timeout,
+            presence=presence,
+            presence_id=secrets.token_urlsafe(12),  # one per client, kept across polls
         )
+        self._presence = PresenceViews(self.channels)
+        self._serials = itertools.count()  # numbers the connections, for the views
         self._backoff = Backoff(backoff_base, backoff_cap)
         self._outbox = Outbox(outbox_limit)
         self._publish_pause_until = 0.0
@@ -191,6 +215,16 @@ class Client:
     @property
     def outbox_size(self) -> int:
         return len(self._outbox)
+
+    def members(self, channel: str) -> list[Member]:
+        """The members of ``channel``'s presence, sorted by subject, as the last snapshot
+        and the join/leave frames since tell (empty without ``presence=True``, and for a
+        view the server truncated above its ``presence_snapshot_max``)."""
+        return self._presence.members(channel)
+
+    def presence_counts(self, channel: str) -> tuple[int, int]:
+        """``(members, connections)`` on ``channel``, right for a truncated view too."""
+        return self._presence.counts(channel)
 
     async def ready(self, timeout: float | None = None) -> str:
         """Start the client if needed and wait until every channel's start position is
@@ -460,10 +494,12 @@ class Client:
         self._seed(info.get("cursor"))
 
     async def _open(self, transport: str) -> Connection:
-        conn = CONNECTIONS[transport](self._ctx, _Sink(self, transport))
+        sink = _Sink(self, transport, next(self._serials))
+        conn = CONNECTIONS[transport](self._ctx, sink)
         try:
             await conn.open()
         except BaseException:
+            self._presence.forget(sink.serial)
             await conn.close()
             raise
         self._blocked.discard(transport)
@@ -500,6 +536,8 @@ class Client:
         try:
             while True:
                 self._current = conn
+                if isinstance(conn.sink, _Sink):
+                    self._report(self._presence.adopt(conn.sink.serial))
                 best = conn.transport == self._available[0]
                 self._set_state(CONNECTED if best else DEGRADED, conn.transport)
                 run = asyncio.create_task(conn.run())
@@ -538,6 +576,16 @@ class Client:
             self._current = None
             await conn.close()
 
+    # --- presence ------------------------------------------------------------------------
+
+    def _accept_presence(self, source: int, frames: list[dict[str, Any]]) -> None:
+        self._report(self._presence.receive(source, frames))
+
+    def _report(self, changes: list[PresenceChange]) -> None:
+        if self.on_presence is not None:
+            for change in changes:
+                self._call(self.on_presence, change)
+
     # --- callbacks -----------------------------------------------------------------------
 
     def _set_state(self, state: str, transport: str | None) -> None:
@@ -560,17 +608,21 @@ class Client:
 class _Sink:
     """What connections call back into (kept off the ``Client``'s public surface)."""
 
-    __slots__ = ("c", "transport")
+    __slots__ = ("c", "serial", "transport")
 
-    def __init__(self, client: Client, transport: str) -> None:
+    def __init__(self, client: Client, transport: str, serial: int) -> None:
         self.c = client
         self.transport = transport
+        self.serial = serial  # this connection's number (PresenceViews.adopt)
 
     def event(self, channel: str, name: str, event_id: str, data: Any) -> None:
         self.c._accept_event(channel, name, event_id, data)
 
     def gap(self, channel: str, after: str, until: str) -> None:
         self.c._accept_gap(channel, after, until, self.transport)
+
+    def presence(self, frames: list[dict[str, Any]]) -> None:
+        self.c._accept_presence(self.serial, frames)
 
     def seed(self, cursor: str | None) -> None:
         self.c._seed(cursor)

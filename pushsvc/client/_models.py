@@ -1,9 +1,10 @@
-"""What the client yields (events and gaps) and the names of states and transports."""
+"""What the client yields (events and gaps), what its presence views hold (members and
+their changes), and the names of states and transports."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 TRANSPORTS: tuple[str, ...] = ("websocket", "sse", "long-polling")
 
@@ -41,6 +42,26 @@ class Gap:
     after: str
     until: str
     cursor: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A member of a channel's presence: a token subject, the ``info`` of its token (of
+    its most recently joined connection) and its number of connections."""
+
+    subject: str
+    info: dict[str, Any]
+    connections: int
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceChange:
+    """``member`` appeared on (``join``) or disappeared from (``leave``) ``channel``'s
+    presence. A leave carries ``connections == 0``."""
+
+    channel: str
+    kind: Literal["join", "leave"]
+    member: Member
 
 
 def parse_id(text: str) -> tuple[int, int]:

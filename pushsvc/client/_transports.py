@@ -19,6 +19,14 @@ off, retry the same transport). An answer that took ``d`` seconds gives the stre
 ``0.1 + 2d`` seconds more (a server that was frozen answers both at once when it wakes
 up); only a stream still silent then is ``Blocked``.
 
+Presence (``Context.presence``): every subscription carries the flag (WebSocket
+``"presence": true``, SSE and long-poll ``presence=1``; long-poll also the client's
+``presence_id`` and the last ``presence_version`` answered to this connection, none on its
+first poll so that it gets a snapshot at once). The server's ``presence``/``join``/``leave``
+frames go to ``sink.presence`` as objects with a ``"type"``, those received together (a
+WebSocket message, an SSE chunk, a long-poll answer) in one call; the client decides
+what they mean (``_presence``).
+
 Liveness: every byte received counts; a connection silent for ``dead_after`` (a multiple
 of the server's heartbeat interval) is dead. The timer is paused while the sink applies
 backpressure, so a slow application is not mistaken for a dead server.
@@ -42,6 +50,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from pushsvc.client._errors import Blocked, PublishRejected, ServerRejected, Transient
 from pushsvc.client._outbox import Outgoing
+from pushsvc.client._presence import PRESENCE_FRAMES
 from pushsvc.client._sse import SSEMessage, SSEParser
 
 # Close codes (pushsvc.protocol.codes) after which reconnecting cannot help.
@@ -51,6 +60,7 @@ FATAL_CLOSE_CODES = frozenset({1008, 4400, 4403})
 class Sink(Protocol):
     def event(self, channel: str, name: str, event_id: str, data: Any) -> None: ...
     def gap(self, channel: str, after: str, until: str) -> None: ...
+    def presence(self, frames: list[dict[str, Any]]) -> None: ...
     def seed(self, cursor: str | None) -> None: ...
     def acked(self, msg_id: str, event_id: str) -> None: ...
     def rejected(self, msg_id: str, exc: BaseException) -> None: ...
@@ -75,6 +85,8 @@ class Context:
     sse_first_byte_timeout: float = 3.0
     poll_timeout: float = 20.0
     max_frame_bytes: int = 1 << 20
+    presence: bool = False  # subscribe with the presence flag
+    presence_id: str = ""  # long-poll: this client's presence entry across its polls
 
     @property
     def dead_after(self) -> float:
@@ -169,6 +181,12 @@ class Connection:
     def __init__(self, ctx: Context, sink: Sink) -> None:
         self.ctx = ctx
         self.sink = sink
+        self.presence_frames: list[dict[str, Any]] = []  # received together, not handed over
+
+    def flush_presence(self) -> None:
+        if self.presence_frames:
+            frames, self.presence_frames = self.presence_frames, []
+            self.sink.presence(frames)
 
     async def open(self) -> None:
         raise NotImplementedError
@@ -242,10 +260,12 @@ class WebSocketConnection(Connection):
                 with contextlib.suppress(BaseException):
                     await handshake
         ws = self.ws
-        subscribe = {"type": "subscribe", "channels": ctx.channels}
+        subscribe: dict[str, Any] = {"type": "subscribe", "channels": ctx.channels}
         cursor = self.sink.resume_cursor()
         if cursor:
             subscribe["cursor"] = cursor
+        if ctx.presence:
+            subscribe["presence"] = True
         try:
             await ws.send(json.dumps(subscribe))
             async with asyncio.timeout(ctx.connect_timeout):
@@ -303,7 +323,10 @@ class WebSocketConnection(Connection):
         no raw newline); a binary message is one frame and is never batched."""
         if isinstance(message, bytes):
             return [await self._handle(message)]
-        return [await self._handle(part) for part in message.split("\n") if part]
+        try:
+            return [await self._handle(part) for part in message.split("\n") if part]
+        finally:
+            self.flush_presence()
 
     async def _handle(self, frame: str | bytes) -> str:
         if isinstance(frame, bytes):
@@ -319,6 +342,8 @@ class WebSocketConnection(Connection):
             await self.sink.room()
         elif kind == "gap":
             self.item(obj, None)
+        elif kind in PRESENCE_FRAMES:
+            self.presence_frames.append(obj)
         elif kind == "subscribed":
             self.sink.seed(obj.get("cursor"))
         elif kind == "ack":
@@ -375,10 +400,15 @@ class SSEConnection(Connection):
         cursor = self.sink.resume_cursor()
         if cursor:
             headers["Last-Event-ID"] = cursor
+        params: list[tuple[str, str | int | float | bool | None]] = [
+            ("channel", c) for c in ctx.channels
+        ]
+        if ctx.presence:
+            params.append(("presence", "1"))
         request = ctx.streams.build_request(
             "GET",
             ctx.url("sse", "/v1/sse"),
-            params=[("channel", c) for c in ctx.channels],
+            params=params,
             headers=headers,
             timeout=httpx.Timeout(ctx.connect_timeout, read=None),
         )
@@ -429,8 +459,11 @@ class SSEConnection(Connection):
         raise Transient("SSE stream ended")
 
     async def _feed(self, chunk: bytes) -> None:
-        for message in self.parser.feed(chunk):
-            await self._message(message)
+        try:
+            for message in self.parser.feed(chunk):
+                await self._message(message)
+        finally:
+            self.flush_presence()
 
     async def _message(self, message: SSEMessage) -> None:
         if message.event in ("message", "gap"):
@@ -439,6 +472,10 @@ class SSEConnection(Connection):
                 obj["type"] = "gap"
             self.item(obj, _payload(obj))
             await self.sink.room()
+        elif message.event in PRESENCE_FRAMES:
+            obj = json.loads(message.data)
+            obj["type"] = message.event
+            self.presence_frames.append(obj)
         elif message.event == "subscribed":
             self.sink.seed(message.id)
         elif message.event == "close":
@@ -453,6 +490,10 @@ class SSEConnection(Connection):
 
 class PollConnection(Connection):
     transport = "long-polling"
+
+    def __init__(self, ctx: Context, sink: Sink) -> None:
+        super().__init__(ctx, sink)
+        self.presence_version: str | None = None  # the last answer's
 
     async def open(self) -> None:
         await self._poll(0.0)
@@ -470,6 +511,10 @@ class PollConnection(Connection):
         cursor = self.sink.resume_cursor()
         if cursor:
             params.append(("cursor", cursor))
+        if ctx.presence:
+            params += [("presence", "1"), ("presence_id", ctx.presence_id)]
+            if self.presence_version is not None:
+                params.append(("presence_version", self.presence_version))
         try:
             r = await ctx.streams.get(
                 ctx.url("long-polling", "/v1/poll"),
@@ -490,7 +535,13 @@ class PollConnection(Connection):
         except (ValueError, KeyError, TypeError) as exc:
             raise Blocked("long-poll answered with something else than a batch") from exc
         for obj in items:
-            self.item(obj, _payload(obj))
+            if obj.get("type") in PRESENCE_FRAMES:
+                self.presence_frames.append(obj)
+            else:
+                self.item(obj, _payload(obj))
+        self.flush_presence()
+        if body.get("presence_version") is not None:
+            self.presence_version = str(body["presence_version"])
         self.sink.seed(next_cursor)
         await self.sink.room()
 
