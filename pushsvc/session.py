@@ -214,9 +214,9 @@ class Session:
     ) -> list[tuple[str, PresenceSnapshot]]:
         """Join the presence of ``channels`` (subscribed already, so listened): take
         their diffs from now on, add this connection's entry, read the snapshots. With
-        ``announce``, queue each snapshot, then the diffs that came meanwhile (a diff
-        says a member's count after it, so one older than the snapshot does no harm);
-        else the caller decides (``announce_presence``). Answers the snapshots."""
+        ``announce``, queue each snapshot, then the diffs that came meanwhile and are
+        newer than it (by ``seq``); else the caller decides (``announce_presence``).
+        Answers the snapshots."""
         hub = self.hub
         feeds = self.presence if self.presence is not None else {}
         self.presence = feeds
@@ -255,10 +255,9 @@ class Session:
             if send:
                 self.push(self.wire.presence(channel, snap))
             held, feed.held = feed.held, None
-            if held and not snap.truncated:  # a counts-only view is not fed diffs it has
-                feed.changed = True
-                for diff in held:
-                    self.push(self.wire.presence_diff(diff))
+            feed.seq = snap.seq  # diffs up to this one are in the snapshot already
+            for diff in held or ():
+                self._pass_diff(feed, diff)
 
     async def resync_presence(self) -> None:
         """Send fresh snapshots (diffs may have been lost: the listener reconnected)."""
@@ -276,8 +275,15 @@ class Session:
         if feed.held is not None:
             feed.held.append(diff)
             return
-        feed.changed = True
-        self.push(self.wire.presence_diff(diff))
+        self._pass_diff(feed, diff)
+
+    def _pass_diff(self, feed: PresenceFeed, diff: PresenceDiff) -> None:
+        # A diff that the snapshot already holds (it was on its way while the snapshot
+        # was read) would report a change the client has seen: dropped by its seq.
+        if diff.seq > feed.seq:
+            feed.seq = diff.seq
+            feed.changed = True
+            self.push(self.wire.presence_diff(diff))
 
     def leave_presence(self, channels: list[str]) -> None:
         feeds = self.presence
@@ -398,15 +404,17 @@ class Session:
 
 
 class PresenceFeed:
-    """A session's presence on one channel: its entry, the diff subscription, and the
-    diffs held back (``held`` is not None) until the snapshot they follow is queued."""
+    """A session's presence on one channel: its entry, the diff subscription, the diffs
+    held back (``held`` is not None) until the snapshot they follow is queued, and the
+    ``seq`` of the last change sent (older diffs are dropped: no change is told twice)."""
 
-    __slots__ = ("cancel", "changed", "entry", "held")
+    __slots__ = ("cancel", "changed", "entry", "held", "seq")
 
     def __init__(self, entry: PresenceEntry) -> None:
         self.entry = entry
         self.cancel: Callable[[], None] = _nothing
         self.held: list[PresenceDiff] | None = []
+        self.seq = 0  # the last change the client has (snapshot or diff)
         self.changed = False  # a diff went out (long-poll: answer a fresh snapshot too)
 
 

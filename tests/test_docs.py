@@ -45,7 +45,8 @@ def test_site_builds_strictly(tmp_path: Path) -> None:
 
 def test_every_example_is_included_in_the_docs_and_run_by_the_tests() -> None:
     included = "\n".join(p.read_text() for p in DOCS.rglob("*.md"))
-    tested = (ROOT / "tests" / "test_examples.py").read_text()
+    # the examples' tests: test_examples.py, and those of an example of its own (the chat)
+    tested = "\n".join(p.read_text() for p in (ROOT / "tests").glob("test_*example*.py"))
     for example in sorted(EXAMPLES.iterdir()):
         if example.name.startswith((".", "_")) or example.is_dir():
             continue

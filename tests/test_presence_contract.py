@@ -121,8 +121,31 @@ async def test_diffs_reach_every_instance_that_listens(
     await one.presence_leave("room", "c1")
     await seen_by_other.wait_for(lambda: len(seen_by_other.diffs) == 2)
     join, leave = seen_by_other.diffs
-    assert join == PresenceDiff("room", "join", "ålice ✓", '{"n":"Ålice"}'.encode(), 1)
-    assert leave == PresenceDiff("room", "leave", "ålice ✓", '{"n":"Ålice"}'.encode(), 0)
+    info = '{"n":"Ålice"}'.encode()
+    assert join == PresenceDiff("room", "join", "ålice ✓", info, 1, join.seq)
+    assert leave == PresenceDiff("room", "leave", "ålice ✓", info, 0, leave.seq)
+    assert 0 < join.seq < leave.seq
+
+
+async def test_seq_orders_a_channels_changes_and_a_snapshot_names_the_last_it_holds(
+    backend: Backend,
+) -> None:
+    """What lets a subscriber drop the diffs its snapshot already holds: every change of
+    a channel has a greater ``seq`` than the ones before it, also after the channel was
+    emptied, and a snapshot's ``seq`` is that of the last change it includes."""
+    diffs = Diffs(backend)
+    await backend.listen("room")
+    await backend.presence_join(entry("c1", "alice"))
+    await backend.presence_join(entry("c2", "bob"))
+    await diffs.wait_for(lambda: len(diffs.diffs) == 2)
+    snap = await backend.presence_snapshot("room", 10)
+    await backend.presence_leave("room", "c1")
+    await backend.presence_leave("room", "c2")  # emptied: its keys are gone
+    await backend.presence_join(entry("c3", "carol"))
+    await diffs.wait_for(lambda: len(diffs.diffs) == 5)
+    seqs = [d.seq for d in diffs.diffs]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 5, seqs
+    assert snap.seq == seqs[1]  # includes both joins, none of what followed
 
 
 async def test_diffs_of_channels_not_listened_to_are_not_delivered(backend: Backend) -> None:

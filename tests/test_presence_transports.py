@@ -55,6 +55,7 @@ class Watcher:
         self.token = token
         self.channels = channels
         self.cursor = cursor
+        self.named = presence_id is not None  # streams send one only when given
         self.presence_id = presence_id or uuid.uuid4().hex[:16]
         self.frames: list[dict[str, Any]] = []
         self.view: dict[str, dict[str, int]] = {}
@@ -113,6 +114,8 @@ class Watcher:
             frame = {"type": "subscribe", "channels": self.channels, "presence": True}
             if self.cursor:
                 frame["cursor"] = self.cursor
+            if self.named:
+                frame["presence_id"] = self.presence_id
             await ws.send(json.dumps(frame))
             async for message in ws:
                 obj = json.loads(message)
@@ -130,6 +133,8 @@ class Watcher:
         if self.cursor:
             headers["Last-Event-ID"] = self.cursor
         params: dict[str, Any] = {"channel": self.channels, "presence": 1}
+        if self.named:
+            params["presence_id"] = self.presence_id
         async with (
             httpx.AsyncClient(timeout=httpx.Timeout(10, read=None)) as http,
             http.stream("GET", self.server.url + "/v1/sse", params=params, headers=headers) as r,
@@ -212,7 +217,9 @@ async def test_snapshot_then_joins_and_leaves_with_connection_counts(
         await until(lambda: "bob" not in alice.members(room), 10, "bob's leave")
         assert alice.members(room) == {"alice": 1}
         kinds = [f["type"] for f in alice.frames if f.get("subject") == "bob"]
-        assert kinds[:1] == ["join"] and kinds[-1] == "leave"
+        assert kinds == ["join", "join", "leave", "leave"], kinds
+        # no change is told twice: her own join is in her snapshot, never a diff after it
+        assert not [f for f in alice.frames if f.get("subject") == "alice"], alice.frames
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -270,6 +277,31 @@ async def test_a_long_poll_member_lives_across_polls_and_expires_when_they_stop(
         assert time.monotonic() - stopped < 1.0 + 0.3 + 1.5
 
 
+async def test_a_client_that_moves_from_long_poll_to_a_stream_stays_one_connection(
+    server: Server, room: str
+) -> None:
+    """Its presence_id names one entry on every transport: the stream takes over the
+    polls' entry (no second connection, no leave and join), and its close is a leave at
+    once (not an expiry a ttl later)."""
+    pat = token(server, "pat")
+    async with Watcher(server, "websocket", token(server, "alice"), [room]) as alice:
+        polls = Watcher(server, "long-polling", pat, [room], presence_id="pats-client-1")
+        async with polls:
+            await until(lambda: alice.members(room).get("pat") == 1, 10, "pat's join")
+            stream = Watcher(server, "sse", pat, [room], presence_id="pats-client-1")
+            async with stream:
+                await until(lambda: "pat" in stream.members(room), 10, "the stream's view")
+                await polls.stop()  # moved up: the polls stop
+                assert stream.members(room)["pat"] == 1
+                await asyncio.sleep(0.5)  # a window: pat stays one connection, no leave
+                assert alice.members(room).get("pat") == 1
+        await until(lambda: "pat" not in alice.members(room), 5, "pat's leave on close")
+        assert [f["type"] for f in alice.frames if f.get("subject") == "pat"] == [
+            "join",
+            "leave",
+        ]
+
+
 async def test_a_long_poll_with_an_unchanged_presence_version_waits(
     server: Server, room: str
 ) -> None:
@@ -309,6 +341,22 @@ async def test_a_long_poll_with_an_unchanged_presence_version_waits(
             headers=headers,
         )
         assert [i["type"] for i in stale.json()["events"]] == ["presence"]
+
+
+async def test_a_malformed_presence_id_on_a_stream_is_refused(server: Server, room: str) -> None:
+    t = token(server, "pat")
+    r = httpx.get(
+        server.url + "/v1/sse",
+        params={"channel": room, "presence": 1, "presence_id": "x"},
+        headers={"Authorization": f"Bearer {t}"},
+    )
+    assert r.status_code == 400 and r.json()["type"].endswith("/bad-request")
+    async with websockets.connect(f"{server.ws_url}/v1/ws?token={t}") as ws:
+        frame = {"type": "subscribe", "channels": [room], "presence": True, "presence_id": 7}
+        await ws.send(json.dumps(frame))
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4400
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ itself and a channel's presence is dropped with its last entry.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import itertools
 import time
 from collections import deque
@@ -51,6 +52,7 @@ class MemoryBackend(Backend):
         self._logs: dict[str, _Log] = {}
         self._listening: set[str] = set()
         self._presence: dict[str, PresenceTable] = {}
+        self._presence_seq = 0
 
     async def start(self) -> None:
         return None
@@ -133,8 +135,12 @@ class MemoryBackend(Backend):
     def _emit(self, diffs: Iterable[PresenceDiff | None]) -> None:
         sink = self._presence_sink
         for diff in diffs:
-            if diff is not None and sink is not None and diff.channel in self._listening:
-                sink(diff)
+            if diff is None:
+                continue
+            # one counter for all channels: it never restarts when a table is dropped
+            self._presence_seq += 1
+            if sink is not None and diff.channel in self._listening:
+                sink(dataclasses.replace(diff, seq=self._presence_seq))
 
     def _table(self, channel: str, now: float) -> PresenceTable | None:
         """The channel's presence with expired entries swept (None when empty)."""
@@ -177,7 +183,8 @@ class MemoryBackend(Backend):
 
     async def presence_snapshot(self, channel: str, limit: int) -> PresenceSnapshot:
         table = self._table(channel, time.monotonic())
-        return PresenceSnapshot([], 0, 0) if table is None else table.snapshot(limit)
+        snap = PresenceSnapshot([], 0, 0) if table is None else table.snapshot(limit)
+        return dataclasses.replace(snap, seq=self._presence_seq)
 
     async def presence_stats(self, channel: str) -> tuple[int, int]:
         table = self._table(channel, time.monotonic())

@@ -186,13 +186,16 @@ return {last, deleted, entries}
 """
 
 
-# Presence. KEYS: …:pc, …:pe, …:pm of ONE channel. ARGV[1] shard channel, ARGV[2] TTL ms,
-# then the script's own. An entry is "<len(subject)> <subject><info>", a member
-# "<count> <info of its latest entry>", a note "p<j|l> <count after> <len(subject)>
-# <subject><info>". Expired entries are swept first, a leave note each.
+# Presence. KEYS: …:pc, …:pe, …:pm, …:ps of ONE channel. ARGV[1] shard channel, ARGV[2]
+# TTL ms, then the script's own. An entry is "<len(subject)> <subject><info>", a member
+# "<count> <info of its latest entry>", a note "p<j|l> <seq> <count after> <len(subject)>
+# <subject><info>". Expired entries are swept first, a leave note each. ``seq`` (in …:ps)
+# orders a channel's changes: the server clock in microseconds, or one more than the last
+# when that is not below it; it outlives the other keys of an emptied channel by the TTL,
+# so it keeps growing (a second later, the clock alone is past any earlier seq).
 SWEEP_MAX = 1000
 PRESENCE_LUA = """
-local pc, pe, pm = KEYS[1], KEYS[2], KEYS[3]
+local pc, pe, pm, ps = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local shard, ttl = ARGV[1], tonumber(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -202,8 +205,13 @@ local function split(v)
   return tonumber(string.sub(v, 1, sp - 1)), string.sub(v, sp + 1)
 end
 local function note(kind, count, subject, info)
+  local seq = now * 1000
+  local prev = tonumber(redis.call('GET', ps) or '0')
+  if seq <= prev then seq = prev + 1 end
+  seq = string.format('%.0f', seq)
+  redis.call('SET', ps, seq, 'PX', ttl)
   redis.call('SPUBLISH', shard,
-    'p' .. kind .. ' ' .. count .. ' ' .. #subject .. ' ' .. subject .. info)
+    'p' .. kind .. ' ' .. seq .. ' ' .. count .. ' ' .. #subject .. ' ' .. subject .. info)
 end
 local function add(conn, subject, info)
   redis.call('HSET', pc, conn, #subject .. ' ' .. subject .. info)
@@ -241,11 +249,12 @@ local function sweep()
 end
 local function settle(renew)
   if redis.call('HLEN', pc) == 0 then
-    redis.call('DEL', pc, pe, pm)
+    redis.call('DEL', pc, pe, pm)  -- ps stays until its own TTL: seq never goes back
   elseif renew then
     redis.call('PEXPIRE', pc, ttl)
     redis.call('PEXPIRE', pe, ttl)
     redis.call('PEXPIRE', pm, ttl)
+    redis.call('PEXPIRE', ps, ttl)
   end
 end
 """.replace("SWEEP_MAX", str(SWEEP_MAX))
@@ -294,15 +303,16 @@ return missing
 """
 )
 
-# ARGV[3] most members to list. Answers {members, connections, truncated, [hgetall]}.
+# ARGV[3] most members to list. Answers {members, connections, truncated, seq, [hgetall]}.
 PRESENCE_SNAPSHOT_LUA = (
     PRESENCE_LUA
     + """
 sweep()
 settle(false)
 local m, c = redis.call('HLEN', pm), redis.call('HLEN', pc)
-if m > tonumber(ARGV[3]) then return {m, c, 1} end
-return {m, c, 0, redis.call('HGETALL', pm)}
+local seq = redis.call('GET', ps) or '0'
+if m > tonumber(ARGV[3]) then return {m, c, 1, seq} end
+return {m, c, 0, seq, redis.call('HGETALL', pm)}
 """
 )
 
@@ -409,15 +419,17 @@ def _event(channel: str, raw_id: bytes, fields: list[bytes]) -> Event:
 
 
 def _presence_note(channel: str, payload: bytes) -> PresenceDiff:
-    """Parse ``"p<j|l> <count> <len(subject)> <subject><info>"`` (see ``PRESENCE_LUA``)."""
-    count, size, rest = payload[3:].split(b" ", 2)
+    """Parse ``"p<j|l> <seq> <count> <len(subject)> <subject><info>"`` (see
+    ``PRESENCE_LUA``)."""
+    seq, count, size, rest = payload[3:].split(b" ", 3)
     n = int(size)
     kind = payload[1:2]
     if kind not in (b"j", b"l") or payload[2:3] != b" ":
         raise ValueError(payload[:3])
-    return PresenceDiff(
-        channel, "join" if kind == b"j" else "leave", rest[:n].decode(), rest[n:], int(count)
-    )
+    subject, info = rest[:n].decode(), rest[n:]
+    if kind == b"j":
+        return PresenceDiff(channel, "join", subject, info, int(count), int(seq))
+    return PresenceDiff(channel, "leave", subject, info, int(count), int(seq))
 
 
 def _notification(channel: str, payload: bytes) -> Event:
@@ -525,7 +537,7 @@ class RedisBackend(Backend):
 
     def _presence_keys(self, channel: str) -> list[str]:
         tag = f"{self.prefix}{{{channel}}}"
-        return [f"{tag}:pc", f"{tag}:pe", f"{tag}:pm"]
+        return [f"{tag}:pc", f"{tag}:pe", f"{tag}:pm", f"{tag}:ps"]
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -723,16 +735,16 @@ class RedisBackend(Backend):
             (res,) = await self._run_scripts(
                 [self._presence_call("snapshot", channel, max(0, limit))]
             )
-        member_count, connection_count = int(res[0]), int(res[1])
+        member_count, connection_count, seq = int(res[0]), int(res[1]), int(res[3])
         if int(res[2]):
-            return PresenceSnapshot([], member_count, connection_count, truncated=True)
+            return PresenceSnapshot([], member_count, connection_count, True, seq)
         members = []
-        flat = res[3]
+        flat = res[4]
         for subject, value in zip(flat[::2], flat[1::2], strict=True):
             count, _, info = value.partition(b" ")
             members.append((subject.decode(), info, int(count)))
         members.sort()
-        return PresenceSnapshot(members, member_count, connection_count)
+        return PresenceSnapshot(members, member_count, connection_count, False, seq)
 
     async def presence_stats(self, channel: str) -> tuple[int, int]:
         with _wrapped("presence stats"):

@@ -20,9 +20,10 @@ off, retry the same transport). An answer that took ``d`` seconds gives the stre
 up); only a stream still silent then is ``Blocked``.
 
 Presence (``Context.presence``): every subscription carries the flag (WebSocket
-``"presence": true``, SSE and long-poll ``presence=1``; long-poll also the client's
-``presence_id`` and the last ``presence_version`` answered to this connection, none on its
-first poll so that it gets a snapshot at once). The server's ``presence``/``join``/``leave``
+``"presence": true``, SSE and long-poll ``presence=1``, each with the client's
+``presence_id``, so that all its connections are one presence entry; long-poll also the
+last ``presence_version`` answered to this connection, none on its first poll so that it
+gets a snapshot at once). The server's ``presence``/``join``/``leave``
 frames go to ``sink.presence`` as objects with a ``"type"``, those received together (a
 WebSocket message, an SSE chunk, a long-poll answer) in one call; the client decides
 what they mean (``_presence``).
@@ -86,7 +87,7 @@ class Context:
     poll_timeout: float = 20.0
     max_frame_bytes: int = 1 << 20
     presence: bool = False  # subscribe with the presence flag
-    presence_id: str = ""  # long-poll: this client's presence entry across its polls
+    presence_id: str = ""  # this client's presence entry, on every transport
 
     @property
     def dead_after(self) -> float:
@@ -265,7 +266,10 @@ class WebSocketConnection(Connection):
         if cursor:
             subscribe["cursor"] = cursor
         if ctx.presence:
+            # one presence entry for this client on every transport (a move up from
+            # long-polling takes over the polls' entry instead of adding one)
             subscribe["presence"] = True
+            subscribe["presence_id"] = ctx.presence_id
         try:
             await ws.send(json.dumps(subscribe))
             async with asyncio.timeout(ctx.connect_timeout):
@@ -404,7 +408,7 @@ class SSEConnection(Connection):
             ("channel", c) for c in ctx.channels
         ]
         if ctx.presence:
-            params.append(("presence", "1"))
+            params += [("presence", "1"), ("presence_id", ctx.presence_id)]
         request = ctx.streams.build_request(
             "GET",
             ctx.url("sse", "/v1/sse"),

@@ -25,6 +25,7 @@ from typing import Any
 from pushsvc.exceptions import BadRequest, PayloadTooLarge
 from pushsvc.protocol.events import dump_json
 from pushsvc.protocol.names import check_channel, check_channels, check_event_name
+from pushsvc.protocol.presence import check_presence_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +41,7 @@ class Subscribe:
     channels: list[str]
     cursor: str | None
     presence: bool = False  # join the channels' presence and receive it
+    presence_id: str | None = None  # the client's own name for its presence entry
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,10 +105,12 @@ def parse_object(obj: Any, limits: Limits) -> Frame:
         presence = obj.get("presence", False)
         if not isinstance(presence, bool):
             raise BadRequest("presence must be true or false")
+        presence_id = obj.get("presence_id")
         return Subscribe(
             check_channels(obj.get("channels"), limits.max_channels, limits.max_channel_length),
             cursor or None,
             presence,
+            None if presence_id is None else check_presence_id(presence_id),
         )
     if kind == "unsubscribe":
         return Unsubscribe(

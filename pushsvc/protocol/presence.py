@@ -10,9 +10,12 @@ implement the same rules on Redis keys, and one contract suite checks both.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
+
+from pushsvc.exceptions import BadRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,13 +31,15 @@ class PresenceEntry:
 @dataclass(frozen=True, slots=True)
 class PresenceDiff:
     """A connection entry added (``join``) or removed (``leave``: left or expired);
-    ``connections`` is the member's entry count after the change."""
+    ``connections`` is the member's entry count after the change. ``seq`` orders the
+    channel's changes (greater: later; a snapshot says the last one it includes)."""
 
     channel: str
     kind: Literal["join", "leave"]
     subject: str
     info: bytes
     connections: int
+    seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +51,7 @@ class PresenceSnapshot:
     member_count: int
     connection_count: int
     truncated: bool = False
+    seq: int = 0  # the ``seq`` of the last change it includes
 
 
 class PresenceTable:
@@ -118,3 +124,24 @@ def snapshot_version(snapshots: Iterable[tuple[str, PresenceSnapshot]]) -> str:
         for subject, info, connections in snap.members:
             digest.update(subject.encode() + b"\x00" + info + b"\x00%d\x00" % connections)
     return digest.hexdigest()
+
+
+_PRESENCE_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
+
+
+def check_presence_id(raw: object) -> str:
+    if not isinstance(raw, str) or not _PRESENCE_ID.fullmatch(raw):
+        raise BadRequest(
+            "presence_id must be 8 to 64 characters of A-Z a-z 0-9 _ -, chosen once by the "
+            "client and sent with each of its connections and polls"
+        )
+    return raw
+
+
+def client_conn_id(subject: str, presence_id: str) -> str:
+    """The presence connection ID of a client that names itself (``presence_id``): the
+    same on every transport and instance, so its long-polls, and a WebSocket or SSE
+    stream it moves to, are one connection entry; bound to the subject, so that nobody
+    else's ``presence_id`` can touch it."""
+    digest = hashlib.blake2b(subject.encode(), digest_size=6).hexdigest()
+    return f"c.{digest}.{presence_id}"

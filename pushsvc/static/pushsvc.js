@@ -52,9 +52,9 @@
 //   the page resumes where it was (also from a cursor pinned before any event or transport)
 //   and still sends what was queued.
 // - Presence (options.presence): every subscription asks for it (WebSocket `presence: true`,
-//   SSE and long-poll `presence=1`; long-poll also sends a presence_id made once per client
-//   instance, which keeps its one presence entry across stateless polls, and echoes the
-//   previous answer's presence_version). A members view per channel is kept from the
+//   SSE and long-poll `presence=1`), each with a presence_id made once per client instance:
+//   one presence entry for the client across stateless polls and transport switches;
+//   long-poll also echoes the previous answer's presence_version. A members view per channel is kept from the
 //   frames alone (PresenceView): a `presence` snapshot replaces it and is compared with the
 //   old view to report who appeared and disappeared; `join` / `leave` carry the member's
 //   connection count after the change, which the view takes as is (never added up), so a
@@ -350,7 +350,12 @@ class WebSocketConnection extends Connection {
     ws.binaryType = "arraybuffer";
     ws.onopen = () => {
       const subscribe = { type: "subscribe", channels: c.channels, cursor: cursor || null };
-      if (c._presence) subscribe.presence = true;
+      if (c._presence) {
+        // one presence entry for this client on every transport: a move up from
+        // long-polling takes over the polls' entry instead of adding one
+        subscribe.presence = true;
+        subscribe.presence_id = c._presenceId;
+      }
       ws.send(JSON.stringify(subscribe));
     };
     ws.onmessage = (m) => {
@@ -424,7 +429,10 @@ class SSEConnection extends Connection {
     const c = this.client;
     const query = { channel: c.channels, token: c._tokenValue };
     if (cursor) query.last_event_id = cursor;
-    if (c._presence) query.presence = "1";
+    if (c._presence) {
+      query.presence = "1";
+      query.presence_id = c._presenceId;
+    }
     const es = (this.es = new EventSource(c._endpoint("/v1/sse", query)));
     const on = (type, fn) =>
       es.addEventListener(type, (e) => {

@@ -19,6 +19,7 @@ from pushsvc.hub import Hub
 from pushsvc.protocol import cursor as cursor_codec
 from pushsvc.protocol.ids import StreamId
 from pushsvc.protocol.names import check_channels
+from pushsvc.protocol.presence import check_presence_id, client_conn_id
 from pushsvc.settings import Settings
 
 
@@ -28,6 +29,7 @@ class Opening:
     channels: list[str]
     positions: dict[str, StreamId | None]
     presence: bool = False  # ?presence=1: join the channels' presence and receive it
+    presence_conn: str | None = None  # from ?presence_id=: the client's own entry
 
 
 async def serve_endpoint(
@@ -120,12 +122,16 @@ def open_request(
     )
     principal.check_subscribe(channels)
     presence = _flag(query.get("presence"), "presence")
+    presence_conn = None
     if presence:
         principal.check_presence_all(channels)
+        presence_id = query.get("presence_id")
+        if presence_id is not None:
+            presence_conn = client_conn_id(principal.subject, check_presence_id(presence_id))
     positions = positions_from(cursor, channels)
     if count_connection and len(hub.sessions) >= settings.max_connections:
         raise Unavailable("connection limit reached on this instance", retry_after=2)
-    return Opening(principal, channels, positions, presence)
+    return Opening(principal, channels, positions, presence, presence_conn)
 
 
 def _flag(raw: str | None, name: str) -> bool:

@@ -17,9 +17,7 @@ rather than from a task of its own.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import re
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
@@ -75,7 +73,11 @@ async def _poll(scope: Scope, receive: Receive) -> bytes:
     timeout = _timeout(
         query.get("timeout"), settings.poll_timeout_default, settings.poll_timeout_max
     )
-    presence_id = _presence_id(query.get("presence_id")) if opening.presence else None
+    if opening.presence and opening.presence_conn is None:
+        raise BadRequest(
+            "long-poll presence needs presence_id: 8 to 64 characters of A-Z a-z 0-9 _ -, "
+            "chosen once by the client and sent with each of its polls"
+        )
     session = Session(hub, opening.principal, PollWire())
     session.bounded_replay = True
     hub.register(session)
@@ -83,8 +85,9 @@ async def _poll(scope: Scope, receive: Receive) -> bytes:
     try:
         new = await session.join(opening.channels, opening.positions)
         version = None
-        if presence_id is not None:
-            version = await _join_presence(session, presence_id, query.get("presence_version"))
+        if opening.presence_conn is not None:
+            known = query.get("presence_version")
+            version = await _join_presence(session, opening.presence_conn, known)
         await session.catch_up(new, opening.positions)
         if not session.queue and session.close_code is None:
             await session.wait(timeout)
@@ -103,31 +106,15 @@ async def _poll(scope: Scope, receive: Receive) -> bytes:
     return body
 
 
-async def _join_presence(session: Session, presence_id: str, known: str | None) -> str:
+async def _join_presence(session: Session, conn_id: str, known: str | None) -> str:
     """A poll's presence: the client's entry (one connection ID for all its polls, on
     any instance: each poll renews it, and it expires once the polls stop), and the
     snapshots when they differ from the version the client holds. Answers the version."""
-    subject = session.principal.subject
-    digest = hashlib.blake2b(subject.encode(), digest_size=6).hexdigest()
     session.presence_keep = True
-    snapshots = await session.join_presence(
-        list(session.channels), f"lp.{digest}.{presence_id}", announce=False
-    )
+    snapshots = await session.join_presence(list(session.channels), conn_id, announce=False)
     version = snapshot_version(snapshots)
     session.announce_presence(snapshots, send=version != known)
     return version
-
-
-def _presence_id(raw: str | None) -> str:
-    if raw is None or not _PRESENCE_ID.fullmatch(raw):
-        raise BadRequest(
-            "long-poll presence needs presence_id: 8 to 64 characters of A-Z a-z 0-9 _ -, "
-            "chosen once by the client and sent with each of its polls"
-        )
-    return raw
-
-
-_PRESENCE_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 
 
 class DisconnectWatch:

@@ -89,7 +89,7 @@ class SSEStream(Response):
             try:
                 new = await session.join(opening.channels, opening.positions)
                 if opening.presence:
-                    await session.join_presence(opening.channels)
+                    await session.join_presence(opening.channels, opening.presence_conn)
                 await session.catch_up(new, opening.positions)
             except Exception as exc:
                 log.warning("SSE subscribe failed: %s", exc)

@@ -37,6 +37,7 @@ from pushsvc.exceptions import BadRequest, PayloadTooLarge, PushError, Unavailab
 from pushsvc.metrics import TransportStats
 from pushsvc.protocol import client_frames, codes
 from pushsvc.protocol.frames import ws_control
+from pushsvc.protocol.presence import client_conn_id
 from pushsvc.session import Session
 from pushsvc.settings import Settings
 from pushsvc.transports._common import check_origin, limit_publish, positions_from, state
@@ -255,7 +256,10 @@ class _Connection:
                     raise
                 self._error(exc, op="subscribe", channels=frame.channels)
                 return
-            await self._subscribe(frame.channels, positions, frame.presence)
+            conn_id = None
+            if frame.presence_id is not None:
+                conn_id = client_conn_id(session.principal.subject, frame.presence_id)
+            await self._subscribe(frame.channels, positions, frame.presence, conn_id)
         elif isinstance(frame, client_frames.Unsubscribe):
             session.unsubscribe(frame.channels)
             session.push(ws_control("unsubscribed", channels=frame.channels, cursor=session.cursor))
@@ -276,7 +280,11 @@ class _Connection:
             session.push(ws_control("refreshed", expires_at=principal.expires_at))
 
     async def _subscribe(
-        self, channels: list[str], positions: dict[str, Any], presence: bool = False
+        self,
+        channels: list[str],
+        positions: dict[str, Any],
+        presence: bool = False,
+        conn_id: str | None = None,
     ) -> None:
         """Join inline, so that the ``subscribed`` answer (and live delivery, and the
         presence snapshots) precede anything the client sends next; replay history in a
@@ -285,7 +293,7 @@ class _Connection:
         try:
             new = await self.session.join(channels, positions)
             if presence:
-                await self.session.join_presence(channels)
+                await self.session.join_presence(channels, conn_id)
         except PushError as exc:
             self._error(exc, op="subscribe", channels=channels)
             return
