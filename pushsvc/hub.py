@@ -335,15 +335,15 @@ class Hub:
     def presence_entries(self) -> list[PresenceEntry]:
         return list(self._presence.values())
 
-    async def presence_track(self, entry: PresenceEntry) -> None:
+    async def presence_track(self, entry: PresenceEntry) -> int:
         """Add ``entry`` to the channel's presence and keep it renewed until
-        ``presence_untrack``. Raises ``BackendError`` when the backend refused it (then
-        it is not tracked)."""
+        ``presence_untrack``; answer the channel's presence ``seq`` after it. Raises
+        ``BackendError`` when the backend refused it (then it is not tracked)."""
         key = (entry.channel, entry.conn_id)
         self._presence[key] = entry
         self.metrics.presence_entries = len(self._presence)
         try:
-            await self.backend.presence_join(entry)
+            return await self.backend.presence_join(entry)
         except BaseException:
             if self._presence.get(key) is entry:
                 del self._presence[key]

@@ -28,7 +28,12 @@ from pushsvc.protocol import codes
 from pushsvc.protocol import cursor as cursor_codec
 from pushsvc.protocol.events import Event, Gap
 from pushsvc.protocol.ids import StreamId
-from pushsvc.protocol.presence import PresenceDiff, PresenceEntry, PresenceSnapshot
+from pushsvc.protocol.presence import (
+    PresenceDiff,
+    PresenceEntry,
+    PresenceSnapshot,
+    presence_version,
+)
 from pushsvc.protocol.resume import ChannelPosition
 from pushsvc.wires import Frame, Wire
 
@@ -210,13 +215,13 @@ class Session:
     # --- presence ----------------------------------------------------------------------
 
     async def join_presence(
-        self, channels: list[str], conn_id: str | None = None, *, announce: bool = True
-    ) -> list[tuple[str, PresenceSnapshot]]:
+        self, channels: list[str], conn_id: str | None = None, *, known: str | None = None
+    ) -> None:
         """Join the presence of ``channels`` (subscribed already, so listened): take
-        their diffs from now on, add this connection's entry, read the snapshots. With
-        ``announce``, queue each snapshot, then the diffs that came meanwhile and are
-        newer than it (by ``seq``); else the caller decides (``announce_presence``).
-        Answers the snapshots."""
+        their diffs from now on, add this connection's entry, then queue each channel's
+        snapshot and the diffs that came meanwhile and are newer than it (by ``seq``).
+        ``known``: the ``presence_version`` the client holds (long-poll); when nothing
+        changed since, no snapshot is read or sent (the join answered the seqs)."""
         hub = self.hub
         feeds = self.presence if self.presence is not None else {}
         self.presence = feeds
@@ -228,14 +233,19 @@ class Session:
             feed = feeds[c] = PresenceFeed(PresenceEntry(c, conn_id, subject, info))
             feed.cancel = hub.on_presence_diff(c, functools.partial(self._on_presence, feed))
         try:
-            await asyncio.gather(*(hub.presence_track(feeds[c].entry) for c in new))
-            snapshots = await self.read_presence(new)
+            seqs = await asyncio.gather(*(hub.presence_track(feeds[c].entry) for c in new))
+            if known is not None and known == presence_version(seqs):
+                for c, seq in zip(new, seqs, strict=True):
+                    self._settle(feeds[c], seq)  # the client holds this presence already
+            else:
+                self.announce_presence(await self.read_presence(new))
         except BaseException:
             self.leave_presence(new)
             raise
-        if announce:
-            self.announce_presence(snapshots)
-        return snapshots
+
+    def presence_version(self) -> str:
+        """What the client holds after what was queued: the last change of each channel."""
+        return presence_version(feed.seq for feed in (self.presence or {}).values())
 
     async def read_presence(self, channels: list[str]) -> list[tuple[str, PresenceSnapshot]]:
         limit = self.hub.settings.presence_snapshot_max
@@ -243,21 +253,22 @@ class Session:
         snaps = await asyncio.gather(*(backend.presence_snapshot(c, limit) for c in channels))
         return list(zip(channels, snaps, strict=True))
 
-    def announce_presence(
-        self, snapshots: list[tuple[str, PresenceSnapshot]], send: bool = True
-    ) -> None:
-        """Queue the snapshots (``send``: the client does not hold them yet), then the
-        diffs held back while they were read, and let diffs through from now on."""
+    def announce_presence(self, snapshots: list[tuple[str, PresenceSnapshot]]) -> None:
+        """Queue the snapshots, then the diffs held back while they were read, and let
+        diffs through from now on."""
         for channel, snap in snapshots:
             feed = (self.presence or {}).get(channel)
-            if feed is None:
-                continue
-            if send:
+            if feed is not None:
                 self.push(self.wire.presence(channel, snap))
-            held, feed.held = feed.held, None
-            feed.seq = snap.seq  # diffs up to this one are in the snapshot already
-            for diff in held or ():
-                self._pass_diff(feed, diff)
+                self._settle(feed, snap.seq)
+
+    def _settle(self, feed: PresenceFeed, seq: int) -> None:
+        """The client holds the channel's presence up to ``seq``: pass the held diffs
+        that are newer, and the diffs to come."""
+        held, feed.held = feed.held, None
+        feed.seq = seq
+        for diff in held or ():
+            self._pass_diff(feed, diff)
 
     async def resync_presence(self) -> None:
         """Send fresh snapshots (diffs may have been lost: the listener reconnected)."""
@@ -282,7 +293,6 @@ class Session:
         # was read) would report a change the client has seen: dropped by its seq.
         if diff.seq > feed.seq:
             feed.seq = diff.seq
-            feed.changed = True
             self.push(self.wire.presence_diff(diff))
 
     def leave_presence(self, channels: list[str]) -> None:
@@ -408,14 +418,13 @@ class PresenceFeed:
     held back (``held`` is not None) until the snapshot they follow is queued, and the
     ``seq`` of the last change sent (older diffs are dropped: no change is told twice)."""
 
-    __slots__ = ("cancel", "changed", "entry", "held", "seq")
+    __slots__ = ("cancel", "entry", "held", "seq")
 
     def __init__(self, entry: PresenceEntry) -> None:
         self.entry = entry
         self.cancel: Callable[[], None] = _nothing
         self.held: list[PresenceDiff] | None = []
         self.seq = 0  # the last change the client has (snapshot or diff)
-        self.changed = False  # a diff went out (long-poll: answer a fresh snapshot too)
 
 
 def _nothing() -> None:

@@ -159,8 +159,10 @@ class Backend(abc.ABC):
     # --- presence ----------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def presence_join(self, entry: PresenceEntry) -> None:
-        """Add ``entry`` (a ``join`` diff), or renew it when its ``conn_id`` is present."""
+    async def presence_join(self, entry: PresenceEntry) -> int:
+        """Add ``entry`` (a ``join`` diff), or renew it when its ``conn_id`` is present.
+        Answers the channel's ``seq`` after it (that of its last change): unchanged by a
+        renewal, so a caller can tell whether anything changed since a seq it knows."""
 
     async def presence_join_many(self, entries: Sequence[PresenceEntry]) -> None:
         """``presence_join`` of each entry (Redis: in one round trip)."""

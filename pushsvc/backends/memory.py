@@ -53,6 +53,7 @@ class MemoryBackend(Backend):
         self._listening: set[str] = set()
         self._presence: dict[str, PresenceTable] = {}
         self._presence_seq = 0
+        self._presence_last: dict[str, int] = {}  # channels with members: last change
 
     async def start(self) -> None:
         return None
@@ -139,6 +140,7 @@ class MemoryBackend(Backend):
                 continue
             # one counter for all channels: it never restarts when a table is dropped
             self._presence_seq += 1
+            self._presence_last[diff.channel] = self._presence_seq
             if sink is not None and diff.channel in self._listening:
                 sink(dataclasses.replace(diff, seq=self._presence_seq))
 
@@ -149,23 +151,28 @@ class MemoryBackend(Backend):
             return None
         self._emit(table.expire(now))
         if not table:
-            del self._presence[channel]
+            self._drop(channel)
             return None
         return table
 
-    async def presence_join(self, entry: PresenceEntry) -> None:
+    def _drop(self, channel: str) -> None:
+        del self._presence[channel]
+        self._presence_last.pop(channel, None)
+
+    async def presence_join(self, entry: PresenceEntry) -> int:
         now = time.monotonic()
         table = self._table(entry.channel, now)
         if table is None:
             table = self._presence[entry.channel] = PresenceTable()
         self._emit([table.join(entry, now + self.retention.presence_ttl)])
+        return self._presence_last.get(entry.channel, 0)
 
     async def presence_leave(self, channel: str, conn_id: str) -> None:
         table = self._table(channel, time.monotonic())
         if table is not None:
             self._emit([table.leave(conn_id)])
             if not table:
-                del self._presence[channel]
+                self._drop(channel)
 
     async def presence_refresh(
         self, entries: Sequence[PresenceEntry], sweep: Iterable[str] = ()
@@ -184,7 +191,7 @@ class MemoryBackend(Backend):
     async def presence_snapshot(self, channel: str, limit: int) -> PresenceSnapshot:
         table = self._table(channel, time.monotonic())
         snap = PresenceSnapshot([], 0, 0) if table is None else table.snapshot(limit)
-        return dataclasses.replace(snap, seq=self._presence_seq)
+        return dataclasses.replace(snap, seq=self._presence_last.get(channel, 0))
 
     async def presence_stats(self, channel: str) -> tuple[int, int]:
         table = self._table(channel, time.monotonic())

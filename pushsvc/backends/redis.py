@@ -259,7 +259,7 @@ local function settle(renew)
 end
 """.replace("SWEEP_MAX", str(SWEEP_MAX))
 
-# ARGV[3] conn_id, ARGV[4] subject, ARGV[5] info.
+# ARGV[3] conn_id, ARGV[4] subject, ARGV[5] info. Answers the channel's seq.
 PRESENCE_JOIN_LUA = (
     PRESENCE_LUA
     + """
@@ -270,7 +270,7 @@ else
   add(ARGV[3], ARGV[4], ARGV[5])
 end
 settle(true)
-return 1
+return redis.call('GET', ps) or '0'
 """
 )
 
@@ -693,20 +693,22 @@ class RedisBackend(Backend):
             results: list[Any] = await pipe.execute(raise_on_error=False)
         return results
 
-    async def presence_join(self, entry: PresenceEntry) -> None:
-        await self._join([entry])
+    async def presence_join(self, entry: PresenceEntry) -> int:
+        (seq,) = await self._join([entry])
+        return int(seq)
 
     async def presence_join_many(self, entries: Sequence[PresenceEntry]) -> None:
         await self._join(entries)
 
-    async def _join(self, entries: Sequence[PresenceEntry]) -> None:
+    async def _join(self, entries: Sequence[PresenceEntry]) -> list[Any]:
         calls = [
             self._presence_call("join", e.channel, e.conn_id, e.subject.encode(), e.info)
             for e in entries
         ]
-        if calls:
-            with _wrapped("presence join"):
-                await self._run_scripts(calls)
+        if not calls:
+            return []
+        with _wrapped("presence join"):
+            return await self._run_scripts(calls)
 
     async def presence_leave(self, channel: str, conn_id: str) -> None:
         with _wrapped("presence leave"):

@@ -114,16 +114,11 @@ class PresenceTable:
         return PresenceSnapshot(members, len(self.members), len(self.conns))
 
 
-def snapshot_version(snapshots: Iterable[tuple[str, PresenceSnapshot]]) -> str:
-    """A short digest of what ``snapshots`` say: a long-poll client echoes the version of
-    the presence it holds, and gets fresh snapshots when that no longer matches."""
-    digest = hashlib.blake2b(digest_size=8)
-    for channel, snap in snapshots:
-        digest.update(channel.encode() + b"\x00")
-        digest.update(b"%d,%d,%d\x00" % (snap.member_count, snap.connection_count, snap.truncated))
-        for subject, info, connections in snap.members:
-            digest.update(subject.encode() + b"\x00" + info + b"\x00%d\x00" % connections)
-    return digest.hexdigest()
+def presence_version(seqs: Iterable[int]) -> str:
+    """What a long-poll client holds: the ``seq`` of the last change of each of its
+    channels, in order. It echoes this; when the channels' seqs still say the same,
+    nothing changed since and the poll waits instead of answering snapshots."""
+    return "p" + ".".join(map(str, seqs))
 
 
 _PRESENCE_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")

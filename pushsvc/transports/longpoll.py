@@ -26,7 +26,6 @@ from starlette.types import Receive, Scope, Send
 from pushsvc.errors import internal_error_response, problem_response
 from pushsvc.exceptions import BadRequest, PushError
 from pushsvc.protocol import frames
-from pushsvc.protocol.presence import snapshot_version
 from pushsvc.session import Session
 from pushsvc.transports._common import ScopeHeaders, open_request, query_from, state
 from pushsvc.wires import PollWire
@@ -84,19 +83,16 @@ async def _poll(scope: Scope, receive: Receive) -> bytes:
     watch = DisconnectWatch(receive, session.close)
     try:
         new = await session.join(opening.channels, opening.positions)
-        version = None
         if opening.presence_conn is not None:
+            # one entry per client across its polls, on any instance: each poll renews
+            # it, and it expires once the polls stop (``presence_keep``: no leave here)
+            session.presence_keep = True
             known = query.get("presence_version")
-            version = await _join_presence(session, opening.presence_conn, known)
+            await session.join_presence(new, opening.presence_conn, known=known)
         await session.catch_up(new, opening.positions)
         if not session.queue and session.close_code is None:
             await session.wait(timeout)
-        feeds = session.presence
-        if version is not None and feeds and any(f.changed for f in feeds.values()):
-            # diffs went out: the snapshot after them, and its version
-            snapshots = await session.read_presence(list(feeds))
-            session.announce_presence(snapshots)
-            version = snapshot_version(snapshots)
+        version = session.presence_version() if opening.presence_conn is not None else None
         items = session.drain()
         body = frames.poll_response(items, session.cursor, version)  # type: ignore[arg-type]
         hub.metrics.poll.wrote(items)
@@ -104,17 +100,6 @@ async def _poll(scope: Scope, receive: Receive) -> bytes:
         watch.stop()
         session.release()
     return body
-
-
-async def _join_presence(session: Session, conn_id: str, known: str | None) -> str:
-    """A poll's presence: the client's entry (one connection ID for all its polls, on
-    any instance: each poll renews it, and it expires once the polls stop), and the
-    snapshots when they differ from the version the client holds. Answers the version."""
-    session.presence_keep = True
-    snapshots = await session.join_presence(list(session.channels), conn_id, announce=False)
-    version = snapshot_version(snapshots)
-    session.announce_presence(snapshots, send=version != known)
-    return version
 
 
 class DisconnectWatch:
