@@ -66,7 +66,7 @@ import contextlib
 import logging
 import math
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -615,10 +615,24 @@ class RedisBackend(Backend):
                     idem_ttl_ms,
                 )
             results: list[Any] = await pipe.execute(raise_on_error=False)
+        return await self._redo_unloaded(
+            results, [APPEND_LUA], lambda redo: self._append([messages[i] for i in redo])
+        )
+
+    async def _redo_unloaded(
+        self,
+        results: list[Any],
+        scripts: Iterable[str | bytes | memoryview],
+        redo: Callable[[list[int]], Awaitable[list[Any]]],
+    ) -> list[Any]:
+        """The results of a pipeline of EVALSHA, those refused because the script cache
+        was flushed (a restart, SCRIPT FLUSH) run again once ``scripts`` are loaded;
+        raise the first error left."""
         missing = [i for i, res in enumerate(results) if isinstance(res, NoScriptError)]
-        if missing:  # the script cache was flushed (restart, SCRIPT FLUSH): load, redo those
-            await self._redis.script_load(APPEND_LUA)
-            again = await self._append([messages[i] for i in missing])
+        if missing:
+            for script in scripts:
+                await self._redis.script_load(script)
+            again = await redo(missing)
             for i, res in zip(missing, again, strict=True):
                 results[i] = res
         for res in results:
@@ -672,17 +686,10 @@ class RedisBackend(Backend):
             raise
         except (RedisConnectionError, RedisTimeoutError):
             results = await self._pipeline(calls)
-        missing = [i for i, res in enumerate(results) if isinstance(res, NoScriptError)]
-        if missing:
-            for script in {id(calls[i][0]): calls[i][0] for i in missing}.values():
-                await self._redis.script_load(script.script)
-            again = await self._pipeline([calls[i] for i in missing])
-            for i, res in zip(missing, again, strict=True):
-                results[i] = res
-        for res in results:
-            if isinstance(res, Exception):
-                raise res
-        return results
+        scripts = {call[0].script for call in calls}
+        return await self._redo_unloaded(
+            results, scripts, lambda redo: self._pipeline([calls[i] for i in redo])
+        )
 
     async def _pipeline(
         self, calls: list[tuple[AsyncScript, list[str], list[bytes | str | int]]]
