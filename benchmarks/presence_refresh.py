@@ -2,7 +2,8 @@
 the batched call ``Hub.refresh_presence`` makes every ``presence_refresh_interval``.
 
     python benchmarks/presence_refresh.py --url redis://127.0.0.1:6379/0 \
-        --entries 10000 --channels 100 --rounds 15 --out benchmarks/results/presence-idle/refresh.json
+        --entries 10000 --channels 100 --rounds 15 \
+        --out benchmarks/results/presence-idle/refresh.json
 
 Measures, per refresh: this process's CPU (``time.process_time``: building and sending
 the pipeline, parsing the answers), the wall time, and Redis's CPU (``INFO cpu`` deltas:
