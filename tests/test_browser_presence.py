@@ -293,10 +293,18 @@ async def test_a_truncated_view_keeps_counts_only_and_follows_joins_and_leaves(
     await converge(lambda: alice.presence_counts(ROOM), counts, 10, "carol counted")
     await carol.close()
     await bob.close()
-    # on every transport the counts follow the leaves (exactly: the server drops the diffs
-    # a snapshot holds) until a snapshot comes
-    expected = {"members": 1, "connections": 1, "truncated": True}
-    await converge(lambda: alice.presence_counts(ROOM), expected, 10, "the leaves counted")
+
+    # The counts follow the leaves (exactly: the server drops the diffs a snapshot holds).
+    # On WebSocket and SSE the view stays counts-only until a snapshot comes; a long-poll
+    # whose client was between two polls when they left gets a fresh snapshot instead (its
+    # presence_version is stale), which lists the one member again: both are right.
+    async def counts() -> tuple[int, int]:
+        got = await alice.presence_counts(ROOM)
+        return got["members"], got["connections"]
+
+    await converge(counts, (1, 1), 10, "the leaves counted")
+    if transport != "long-polling":
+        assert (await alice.presence_counts(ROOM))["truncated"] is True
     stats = httpx.get(
         server.url + f"/v1/channels/{ROOM}/presence/stats", headers=server.api_headers
     ).json()
