@@ -114,8 +114,9 @@ def proxy_report(pytestconfig: pytest.Config) -> Any:
     rows: list[dict[str, Any]] = []
     yield rows
     target = os.environ.get("PUSHSVC_PROXY_REPORT")
-    if not target and pytestconfig.cache is not None:
-        target = str(pytestconfig.cache.mkdir("pushsvc") / "proxies.json")
+    cache = getattr(pytestconfig, "cache", None)  # absent with -p no:cacheprovider
+    if not target and cache is not None:
+        target = str(cache.mkdir("pushsvc") / "proxies.json")
     if not rows or not target:
         return
     path = Path(target)
