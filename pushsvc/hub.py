@@ -35,6 +35,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from pushsvc._tasks import cancel_and_wait
 from pushsvc.backends.base import Backend, PresenceDiff, PresenceEntry, ReadResult
 from pushsvc.metrics import Metrics
 from pushsvc.protocol import codes
@@ -154,11 +155,7 @@ class Hub:
     async def close(self) -> None:
         """Close every session (streams end, WebSockets get 1001) and the backend."""
         self.close_sessions()
-        for timer in (self._heartbeat_task, self._presence_task):
-            if timer is not None:
-                timer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await timer
+        await cancel_and_wait(self._heartbeat_task, self._presence_task)
         await self._leave_all()
         for task in list(self._tasks):
             task.cancel()

@@ -80,6 +80,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from pushsvc._tasks import cancel_and_wait
 from pushsvc.backends.base import (
     Backend,
     ListenerStatus,
@@ -563,11 +564,8 @@ class RedisBackend(Backend):
             self._forget(chan)
         self._channels.clear()
         self._by_shard.clear()
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
-            self._listener = None
+        await cancel_and_wait(self._listener)
+        self._listener = None
         await self._redis.aclose()
 
     async def ping(self) -> None:

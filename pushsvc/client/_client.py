@@ -40,7 +40,6 @@ Choices worth knowing:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import itertools
 import json
@@ -53,6 +52,7 @@ from typing import Any
 
 import httpx
 
+from pushsvc._tasks import cancel_and_wait
 from pushsvc.client._backoff import Backoff
 from pushsvc.client._errors import (
     Blocked,
@@ -259,10 +259,7 @@ class Client:
         if self._closed:
             return
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         self._outbox.close(ClientClosed())
         await self._ctx.http.aclose()
         await self._ctx.streams.aclose()
@@ -550,11 +547,9 @@ class Client:
                 try:
                     done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 finally:
-                    for task in tasks:
-                        task.cancel()
-                    for task in tasks:
-                        with contextlib.suppress(asyncio.CancelledError, Exception):
-                            await task
+                    # never suppress CancelledError here: close() cancels this task,
+                    # and a swallowed cancellation would reconnect forever
+                    await cancel_and_wait(*tasks)
                     self._outbox.requeue()
                 if (
                     probe is not None
