@@ -41,9 +41,9 @@ from pushsvc.metrics import Metrics
 from pushsvc.protocol import codes
 from pushsvc.protocol.events import Event, Gap
 from pushsvc.protocol.ids import StreamId
+from pushsvc.protocol.wires import Frame, Wire
 from pushsvc.session import Session
 from pushsvc.settings import Settings
-from pushsvc.wires import Frame, Wire
 
 log = logging.getLogger("pushsvc.hub")
 

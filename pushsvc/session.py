@@ -35,7 +35,7 @@ from pushsvc.protocol.presence import (
     presence_version,
 )
 from pushsvc.protocol.resume import ChannelPosition
-from pushsvc.wires import Frame, Wire
+from pushsvc.protocol.wires import Frame, Wire
 
 if TYPE_CHECKING:
     from pushsvc.hub import Hub

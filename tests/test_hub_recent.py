@@ -16,9 +16,9 @@ from pushsvc.backends.memory import MemoryBackend
 from pushsvc.hub import RECENT_EVENTS, Hub
 from pushsvc.protocol.events import Gap
 from pushsvc.protocol.ids import format_id
+from pushsvc.protocol.wires import PollWire
 from pushsvc.session import Session
 from pushsvc.settings import Settings
-from pushsvc.wires import PollWire
 
 pytestmark = pytest.mark.asyncio
 

@@ -18,9 +18,9 @@ from pushsvc.backends.base import Backend, PresenceDiff, PresenceEntry, Retentio
 from pushsvc.backends.memory import MemoryBackend
 from pushsvc.backends.redis import RedisBackend
 from pushsvc.hub import Hub
+from pushsvc.protocol.wires import PollWire
 from pushsvc.session import Session
 from pushsvc.settings import Settings
-from pushsvc.wires import PollWire
 from tests.fixtures_redis import without_query
 
 TTL = 0.6

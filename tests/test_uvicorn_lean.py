@@ -16,10 +16,10 @@ from pushsvc._uvicorn import LeanDeque, LeanEvent, LeanQueue
 from pushsvc.auth import Principal
 from pushsvc.backends.memory import MemoryBackend
 from pushsvc.hub import Hub
+from pushsvc.protocol.wires import WebSocketWire
 from pushsvc.session import Session
 from pushsvc.settings import Settings
 from pushsvc.transports.websocket import WebSocketWriter
-from pushsvc.wires import WebSocketWire
 from tests.fixtures_server import Server
 
 

@@ -27,8 +27,8 @@ from pushsvc.protocol import codes
 
 if TYPE_CHECKING:
     from pushsvc.metrics import TransportStats
+    from pushsvc.protocol.wires import Frame
     from pushsvc.session import Session
-    from pushsvc.wires import Frame
 
 log = logging.getLogger("pushsvc.writer")
 

@@ -26,9 +26,9 @@ from starlette.types import Receive, Scope, Send
 from pushsvc.errors import internal_error_response, problem_response
 from pushsvc.exceptions import BadRequest, PushError
 from pushsvc.protocol import frames
+from pushsvc.protocol.wires import PollWire
 from pushsvc.session import Session
 from pushsvc.transports._common import ScopeHeaders, open_request, query_from, state
-from pushsvc.wires import PollWire
 
 log = logging.getLogger("pushsvc.poll")
 

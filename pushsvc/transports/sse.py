@@ -24,10 +24,10 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from pushsvc.protocol import codes, frames
+from pushsvc.protocol.wires import Frame, SSEWire
 from pushsvc.session import Session
 from pushsvc.transports._common import Opening, open_request, state
 from pushsvc.transports._writer import Writer
-from pushsvc.wires import Frame, SSEWire
 
 log = logging.getLogger("pushsvc.sse")
 

@@ -38,11 +38,11 @@ from pushsvc.metrics import TransportStats
 from pushsvc.protocol import client_frames, codes
 from pushsvc.protocol.frames import ws_control
 from pushsvc.protocol.presence import client_conn_id
+from pushsvc.protocol.wires import Frame, WebSocketWire
 from pushsvc.session import Session
 from pushsvc.settings import Settings
 from pushsvc.transports._common import check_origin, limit_publish, positions_from, state
 from pushsvc.transports._writer import Writer
-from pushsvc.wires import Frame, WebSocketWire
 
 log = logging.getLogger("pushsvc.ws")
 
