@@ -1,6 +1,7 @@
 """Subscribe and publish over the WebSocket with the ``websockets`` library: subscribe
 with a cursor, publish with a client message id and wait for its ack, print events, and
-reconnect from the cursor when the server closes with a code that allows it.
+reconnect from the cursor when the close code's policy says so (the one table,
+``pushsvc.protocol.codes``).
 
     PUSHSVC_TOKEN=... python examples/subscribe_ws.py chat:lobby --publish hello --count 3
 """
@@ -16,9 +17,7 @@ import uuid
 
 import websockets
 
-# Close codes after which a client reconnects and resumes from its cursor
-# (docs/reference/close-codes.md); after the others it must not retry as is.
-RESUME_CODES = {1001, 1006, 1011, 1013, 4000, 4008, 4429}
+from pushsvc.protocol.codes import Policy, close_policy
 
 
 # --8<-- [start:session]
@@ -79,8 +78,10 @@ async def run(args: argparse.Namespace) -> int:
             await session(url, args.token, args.channels, state)
             break
         except websockets.ConnectionClosed as exc:
-            code = exc.rcvd.code if exc.rcvd else 1006
-            if code not in RESUME_CODES:
+            code = exc.rcvd.code if exc.rcvd else 1006  # no close frame: a dropped network
+            # resume, reauth (this example has one fixed token: it stops) or stop
+            # (docs/reference/close-codes.md)
+            if close_policy(code) is not Policy.RESUME:
                 print("closed", code, exc.rcvd.reason if exc.rcvd else "")
                 return 1
             print("reconnecting after", code)

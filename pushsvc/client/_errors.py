@@ -5,7 +5,8 @@
      ├── PublishRejected   the server refused one message for good (status, detail)
      ├── ClientClosed      the client closed before a queued message was acked
      └── ServerRejected    the server refused the session itself (bad token, channel not
-                           granted, bad cursor): the client stops and the iterator raises
+                           granted, bad cursor; a close whose policy is ``stop`` in
+                           pushsvc.protocol.codes): the client stops and the iterator raises
 
 Connection failures are not errors for the application: the client reconnects.
 """

@@ -53,9 +53,7 @@ from pushsvc.client._errors import Blocked, PublishRejected, ServerRejected, Tra
 from pushsvc.client._outbox import Outgoing
 from pushsvc.client._presence import PRESENCE_FRAMES
 from pushsvc.client._sse import SSEMessage, SSEParser
-
-# Close codes (pushsvc.protocol.codes) after which reconnecting cannot help.
-FATAL_CLOSE_CODES = frozenset({1008, 4400, 4403})
+from pushsvc.protocol.codes import Policy, close_policy
 
 
 class Sink(Protocol):
@@ -110,9 +108,14 @@ def classify_status(status: int, detail: str, what: str) -> Exception:
 
 
 def classify_close(code: int, reason: str) -> Exception:
-    if code in FATAL_CLOSE_CODES:
+    """The server's close as the table (``pushsvc.protocol.codes``) says: ``stop`` ends
+    the client; ``reauth`` reconnects through a negotiate with a token from the token
+    source, which ends the client when it is refused (a fixed, stale token); ``resume``
+    (and any code not in the table) reconnects."""
+    policy = close_policy(code)
+    if policy is Policy.STOP:
         return ServerRejected(code, reason)
-    return Transient(f"closed with {code} {reason}".strip(), reauth=code in (4401, 4402))
+    return Transient(f"closed with {code} {reason}".strip(), reauth=policy is Policy.REAUTH)
 
 
 async def server_answers(ctx: Context) -> float | None:

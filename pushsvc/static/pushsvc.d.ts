@@ -24,6 +24,27 @@
 //     onJoin: (m) => say(`${m.info.name ?? m.subject} joined`),
 //   });
 
+// <generated: close codes; do not edit; python -m pushsvc._docs>
+/** What the client does after a close: see CLOSE_CODES. */
+export type ClosePolicy = "resume" | "reauth" | "stop";
+/** Every close code pushsvc sends; a code not listed (1005, 1006) is resumed. */
+export declare const CLOSE_CODES: {
+  readonly 1000: { readonly name: "normal"; readonly policy: "resume" };
+  readonly 1001: { readonly name: "going-away"; readonly policy: "resume" };
+  readonly 1009: { readonly name: "too-big"; readonly policy: "resume" };
+  readonly 1011: { readonly name: "internal"; readonly policy: "resume" };
+  readonly 1013: { readonly name: "try-later"; readonly policy: "resume" };
+  readonly 4000: { readonly name: "idle"; readonly policy: "resume" };
+  readonly 4008: { readonly name: "slow-consumer"; readonly policy: "resume" };
+  readonly 4400: { readonly name: "bad-request"; readonly policy: "stop" };
+  readonly 4401: { readonly name: "unauthorized"; readonly policy: "reauth" };
+  readonly 4402: { readonly name: "token-expired"; readonly policy: "reauth" };
+  readonly 4403: { readonly name: "forbidden"; readonly policy: "stop" };
+  readonly 4404: { readonly name: "not-found"; readonly policy: "stop" };
+  readonly 4429: { readonly name: "rate-limited"; readonly policy: "resume" };
+};
+// </generated: close codes>
+
 /** Transports in the order the client prefers them. */
 export type TransportName = "websocket" | "sse" | "long-polling";
 

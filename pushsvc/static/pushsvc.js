@@ -42,6 +42,11 @@
 //   one delivered on its channel is a duplicate and is dropped. A re-probe that subscribed
 //   with a cursor the active connection has moved past since does not move the cursor back
 //   with its `subscribed` frame (it replays those events; they are dropped as duplicates).
+// - After the server closes a connection, CLOSE_CODES (generated from the one table,
+//   pushsvc/protocol/codes.py) says what follows: `resume` reconnects with the cursor,
+//   `reauth` reconnects through a negotiate that stops the client unless options.token is a
+//   function, `stop` closes the client. A close without a code (1005, 1006: the network
+//   dropped the connection) is resumed.
 // - Watchdog: nothing (not even a heartbeat) for heartbeatFactor x heartbeat_interval + 0.5 s
 //   closes the connection and reconnects. A long-poll request is aborted the same margin
 //   after its own timeout.
@@ -65,6 +70,41 @@
 //   the token lacks the presence grant (403 closes the client with that reason).
 
 const ALL_TRANSPORTS = ["websocket", "sse", "long-polling"];
+
+// <generated: close codes; do not edit; python -m pushsvc._docs>
+// What the client does after a close code; a code not listed (1005, 1006: the
+// connection dropped) is resumed. resume: reconnect and resume from the cursor;
+// reauth: reconnect through a new negotiate, which stops the client unless
+// options.token is a function (a fresh token); stop: close the client.
+export const CLOSE_CODES = Object.freeze({
+  1000: Object.freeze({ name: "normal", policy: "resume" }),
+  1001: Object.freeze({ name: "going-away", policy: "resume" }),
+  1009: Object.freeze({ name: "too-big", policy: "resume" }),
+  1011: Object.freeze({ name: "internal", policy: "resume" }),
+  1013: Object.freeze({ name: "try-later", policy: "resume" }),
+  4000: Object.freeze({ name: "idle", policy: "resume" }),
+  4008: Object.freeze({ name: "slow-consumer", policy: "resume" }),
+  4400: Object.freeze({ name: "bad-request", policy: "stop" }),
+  4401: Object.freeze({ name: "unauthorized", policy: "reauth" }),
+  4402: Object.freeze({ name: "token-expired", policy: "reauth" }),
+  4403: Object.freeze({ name: "forbidden", policy: "stop" }),
+  4404: Object.freeze({ name: "not-found", policy: "stop" }),
+  4429: Object.freeze({ name: "rate-limited", policy: "resume" }),
+});
+// </generated: close codes>
+
+// The policy (CLOSE_CODES) for a close code; a code not listed (1005, 1006: no close frame,
+// the network dropped the connection) is resumed.
+function closePolicy(code) {
+  return CLOSE_CODES[code]?.policy ?? "resume";
+}
+
+// A connection's end after the server closed it with `code`: `stop` is fatal (the client
+// closes); `resume` and `reauth` reconnect, and every connection cycle starts with a
+// negotiate, which refuses a stale token: fatal then, unless options.token is a function.
+function closedWith(message, code) {
+  return { message, code, fatal: closePolicy(code) === "stop" };
+}
 
 const DEFAULTS = {
   transports: ALL_TRANSPORTS,
@@ -378,10 +418,9 @@ class WebSocketConnection extends Connection {
     };
     ws.onclose = (e) => {
       const opened = this.ready ? "" : " before subscribing";
-      this._end({
-        message: `websocket closed${opened} (${e.code}${e.reason ? ` ${e.reason}` : ""})`,
-        code: e.code,
-      });
+      this._end(
+        closedWith(`websocket closed${opened} (${e.code}${e.reason ? ` ${e.reason}` : ""})`, e.code),
+      );
     };
     this._after(c.options.connectTimeout, () => {
       if (!this.ready) this._end({ message: `websocket not subscribed within ${c.options.connectTimeout} ms` });
@@ -451,9 +490,7 @@ class SSEConnection extends Connection {
     on("heartbeat", () => this._frame({ type: "heartbeat" }));
     // no `id:` on presence events: they do not move the cursor
     for (const type of ["presence", "join", "leave"]) on(type, (b) => this._frame({ ...b, type }));
-    on("close", (b) =>
-      this._end({ message: `server closed the stream (${b.code} ${b.reason})`, code: b.code }),
-    );
+    on("close", (b) => this._end(closedWith(`server closed the stream (${b.code} ${b.reason})`, b.code)));
     // EventSource would reconnect by itself; the client does it (with backoff and cursor).
     es.onerror = () => this._end({ message: this.ready ? "SSE stream lost" : "SSE stream failed" });
     const window = c.options.firstEventTimeout;
