@@ -26,14 +26,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from pushsvc import api
 from pushsvc.auth import Authenticator
 from pushsvc.backends import Retention, open_backend
-from pushsvc.errors import http_error_handler, push_error_handler, unexpected_error_handler
 from pushsvc.exceptions import PushError
 from pushsvc.hub import Hub
-from pushsvc.limits import RateLimiter
 from pushsvc.logs import install_redaction
-from pushsvc.metrics import metrics_endpoint
+from pushsvc.metrics import Metrics, metrics_endpoint
+from pushsvc.problems import http_error_handler, push_error_handler, unexpected_error_handler
+from pushsvc.ratelimit import RateLimiter
 from pushsvc.settings import Settings
-from pushsvc.transports._common import serve_endpoint
+from pushsvc.transports.asgi import serve_endpoint
 from pushsvc.transports.longpoll import PollTransport, serve_poll
 from pushsvc.transports.sse import sse_endpoint
 from pushsvc.transports.websocket import WebSocketTransport, serve_websocket
@@ -67,7 +67,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             presence_ttl=settings.presence_ttl,
         ),
     )
-    hub = Hub(backend, settings)
+    metrics = Metrics(backend, settings)
+    hub = Hub(backend, settings, metrics)
     routes = [
         Route("/v1/publish", api.publish, methods=["POST"]),
         Route("/v1/negotiate", api.negotiate, methods=["POST"]),
@@ -112,7 +113,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
     app.state.backend = backend
     app.state.hub = hub
-    app.state.metrics = hub.metrics
+    app.state.metrics = metrics
     app.state.publish_limiter = RateLimiter(settings.publish_rate, settings.publish_burst)
     app.state.api_key_limiter = RateLimiter(
         settings.api_key_publish_rate, settings.api_key_publish_burst

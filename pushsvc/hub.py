@@ -108,7 +108,11 @@ class RecentEvents:
 
 
 class Hub:
-    def __init__(self, backend: Backend, settings: Settings) -> None:
+    def __init__(
+        self, backend: Backend, settings: Settings, metrics: Metrics | None = None
+    ) -> None:
+        """``metrics``: the app's (``create_app`` builds it, timing ``backend``); a hub
+        built alone (tests, an embedder) counts into a fresh one of its own."""
         self.backend = backend
         self.settings = settings
         self.sessions: set[Session] = set()
@@ -118,7 +122,7 @@ class Hub:
         self._tasks: set[asyncio.Task[None]] = set()
         self._heartbeat_task: asyncio.Task[None] | None = None
         self.closing = False
-        self.metrics = Metrics(backend, settings)
+        self.metrics = metrics if metrics is not None else Metrics(settings=settings)
         self._dirty: deque[Session] = deque()
         self._recent: dict[str, RecentEvents] = {}  # listened channels: latest live events
         self._lingering: dict[str, asyncio.TimerHandle] = {}

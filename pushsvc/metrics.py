@@ -1,8 +1,10 @@
 """Prometheus metrics at ``GET /metrics``, one ``CollectorRegistry`` per app.
 
-The hub owns a ``Metrics`` (``app.state.metrics``); sessions and transports reach it as
-``session.hub.metrics``. Nothing goes to prometheus-client's global registry, so several
-apps can live in one process.
+``create_app`` builds one ``Metrics`` (``app.state.metrics``) and hands it to the hub;
+sessions and transports reach it as ``session.hub.metrics``. It reads a session through the
+``Metered`` protocol below, so this module imports neither the session nor the hub.
+Nothing goes to prometheus-client's global registry, so several apps can live in one
+process.
 
 The delivery path is measured against a bare Starlette broadcast, so it never touches a
 prometheus-client object (a labelled ``inc()`` takes a lock and costs about as much as a
@@ -37,7 +39,7 @@ import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import (
@@ -55,9 +57,10 @@ from pushsvc.exceptions import Forbidden, PushError, Unauthorized
 from pushsvc.protocol import codes
 
 if TYPE_CHECKING:
+    from pushsvc.auth import Principal
     from pushsvc.backends.base import Backend
     from pushsvc.protocol.events import Gap
-    from pushsvc.session import Session
+    from pushsvc.protocol.wires import Wire
     from pushsvc.settings import Settings
 
 TRANSPORTS = ("websocket", "sse", "long-polling")
@@ -92,6 +95,21 @@ BACKEND_COMMANDS = (
 )
 
 conn_log = logging.getLogger("pushsvc.connections")
+
+
+class Metered(Protocol):
+    """What the metrics read of a connection (``pushsvc.session.Session``)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def wire(self) -> Wire: ...
+    @property
+    def principal(self) -> Principal: ...
+    @property
+    def close_code(self) -> int | None: ...
+    @property
+    def close_reason(self) -> str: ...
 
 
 class TransportStats:
@@ -280,7 +298,7 @@ class Metrics:
 
     # --- connections -------------------------------------------------------------------
 
-    def opened(self, session: Session) -> None:
+    def opened(self, session: Metered) -> None:
         stats = self.transports.get(session.wire.name)
         if stats is not None:
             stats.opened += 1
@@ -293,7 +311,7 @@ class Metrics:
                 subject=session.principal.subject,
             )
 
-    def closed(self, session: Session) -> None:
+    def closed(self, session: Metered) -> None:
         name = session.wire.name
         stats = self.transports.get(name)
         if stats is not None:
@@ -323,12 +341,12 @@ class Metrics:
 
     # --- resume ------------------------------------------------------------------------
 
-    def gap(self, session: Session, gap: Gap) -> None:
+    def gap(self, session: Metered, gap: Gap) -> None:
         self._gapped.setdefault(session.id, set()).add(gap.channel)
         if gap.after[0] > 0:
             self._gap_seconds.observe(max(0, gap.until[0] - gap.after[0]) / 1000.0)
 
-    def resumed(self, session: Session, channel: str) -> None:
+    def resumed(self, session: Metered, channel: str) -> None:
         """A channel subscribed from a cursor position finished replaying."""
         gapped = self._gapped.get(session.id)
         outcome = "clean"

@@ -4,13 +4,17 @@ Transports only pump a session onto their wire. The hub calls ``on_live`` for ev
 event of a subscribed channel; frames are encoded once per event (``Wire.event`` with
 ``cursor=None`` for a single-channel session is a fully cached frame) and queued. A
 session with a ``writer`` (WebSocket, SSE) is then scheduled on the hub, which flushes
-every scheduled session in one pass (``pushsvc.transports._writer``): no task wakes per
+every scheduled session in one pass (``pushsvc.writer``): no task wakes per
 connection per event. A session without one (long-poll) wakes its waiting request.
 
 The outbound queue is bounded in messages and bytes. Live events never wait: on overflow
 the session is closed as a slow consumer, and the client resumes from the cursor of the
 last frame it received, so nothing is lost. History replay, on the other hand, waits for
 room in the queue (it is pulled from the log at the pace of the writer).
+
+A session knows the hub and its writer only through the ``Registry`` and ``Flusher``
+protocols below, which this module owns: the hub and the writer import the session, never
+the other way round (no back edge in the import graph, not even a ``TYPE_CHECKING`` one).
 """
 
 from __future__ import annotations
@@ -20,10 +24,12 @@ import functools
 import itertools
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from pushsvc.auth import Principal
+from pushsvc.backends.base import Backend, ReadResult
 from pushsvc.exceptions import BadRequest
+from pushsvc.metrics import Metrics
 from pushsvc.protocol import codes
 from pushsvc.protocol import cursor as cursor_codec
 from pushsvc.protocol.events import Event, Gap
@@ -36,12 +42,44 @@ from pushsvc.protocol.presence import (
 )
 from pushsvc.protocol.resume import ChannelPosition
 from pushsvc.protocol.wires import Frame, Wire
-
-if TYPE_CHECKING:
-    from pushsvc.hub import Hub
-    from pushsvc.transports._writer import Writer
+from pushsvc.settings import Settings
 
 _ids = itertools.count(1)
+
+
+class Registry(Protocol):
+    """What a session needs from the registry that dispatches to it (``pushsvc.hub.Hub``).
+
+    ``settings``, ``backend`` and ``metrics`` are what the process shares; the transports
+    read them through ``session.hub`` too."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def backend(self) -> Backend: ...
+    @property
+    def metrics(self) -> Metrics: ...
+
+    def register(self, session: Session) -> None: ...
+    def forget(self, session: Session) -> None: ...
+    async def join(self, session: Session, channels: list[str]) -> None: ...
+    def leave(self, session: Session, channels: list[str]) -> None: ...
+    def schedule(self, session: Session) -> None: ...
+    async def read_after(self, channel: str, after: StreamId, limit: int) -> ReadResult: ...
+    def new_conn_id(self) -> str: ...
+    def on_presence_diff(
+        self, channel: str, callback: Callable[[PresenceDiff], None]
+    ) -> Callable[[], None]: ...
+    async def presence_track(self, entry: PresenceEntry) -> int: ...
+    def presence_forget(self, entry: PresenceEntry, leave: bool = True) -> None: ...
+
+
+class Flusher(Protocol):
+    """What a session needs from its writer (``pushsvc.writer.Writer``): the hub's flush
+    pass calls ``flush`` on each scheduled session's writer."""
+
+    def flush(self, session: Session) -> None: ...
+    def cancel(self) -> None: ...
 
 
 class Session:
@@ -68,7 +106,7 @@ class Session:
         "writer",
     )
 
-    def __init__(self, hub: Hub, principal: Principal, wire: Wire) -> None:
+    def __init__(self, hub: Registry, principal: Principal, wire: Wire) -> None:
         self.id = next(_ids)
         self.hub = hub
         self.principal = principal
@@ -80,7 +118,7 @@ class Session:
         # created on first use: most sessions never wait for either
         self._wakeup: asyncio.Future[bool] | None = None  # long-poll: waiting for frames
         self._drained: asyncio.Event | None = None  # history replay: room in the queue
-        self.writer: Writer | None = None  # set by WebSocket and SSE transports
+        self.writer: Flusher | None = None  # set by WebSocket and SSE transports
         self.scheduled = False  # waiting in the hub's flush list
         self.finished = False  # the writer wrote the close: nothing more goes out
         self.close_code: int | None = None

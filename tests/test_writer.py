@@ -1,5 +1,5 @@
 """The hub's write path: batched WebSocket messages, connections that push back, and the
-subscribe answer that precedes live delivery (pushsvc.transports._writer)."""
+subscribe answer that precedes live delivery (pushsvc.writer)."""
 
 from __future__ import annotations
 
@@ -177,7 +177,7 @@ async def test_subscribe_is_answered_before_live_events_and_always(server: Serve
 
 
 async def test_frames_of_every_length_encoding_arrive_intact(server: Server) -> None:
-    """The server frames text messages itself (pushsvc._uvicorn): 7-bit, 16-bit and
+    """The server frames text messages itself (pushsvc.server): 7-bit, 16-bit and
     64-bit payload lengths, alone and several per write."""
     token = server.token()
     # frames are the payload plus ~150 bytes: the last one needs a 64-bit length

@@ -42,7 +42,7 @@ from pushsvc.protocol.wires import Frame, WebSocketWire
 from pushsvc.session import Session
 from pushsvc.settings import Settings
 from pushsvc.transports._common import check_origin, limit_publish, positions_from, state
-from pushsvc.transports._writer import Writer
+from pushsvc.writer import Writer
 
 log = logging.getLogger("pushsvc.ws")
 
