@@ -21,6 +21,14 @@ from pushsvc.bench.dialects import PEER_ID_RE, PUSHSVC, PUSHSVC_AS_PEER, Dialect
 from pushsvc.bench.scenarios import Bench, Options
 from pushsvc.bench.server import free_port, spawn, spawn_command
 from pushsvc.bench.wire import Tally, Target, WSClient, WSSubscriber
+from pushsvc.protocol.wsframes import (
+    OP_CLOSE,
+    OP_CONTINUATION,
+    OP_PING,
+    OP_TEXT,
+    encode_close,
+    encode_frame,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ROOT / "benchmarks" / "peers"
@@ -202,6 +210,30 @@ async def test_pushsvc_client_asks_for_batch_framing_and_splits_messages() -> No
     one = {"type": "event", "channel": "c", "id": "1764000000001-0", "data": {"n": 2}}
     client.data_received(server_frame(json.dumps(one, separators=(",", ":")).encode()))
     assert tally.count == 3 and tally.done.is_set()
+
+
+async def test_ws_client_reassembles_fragments_answers_pings_and_keeps_the_close_code() -> None:
+    tally = Tally(2)
+    client = WSClient(Target("127.0.0.1", 1, "tok", "k", PUSHSVC), tally)
+    transport = upgraded(client)
+    event = b'{"type":"event","channel":"c","id":"1764000000000-1","data":{}}'
+    second = b'{"type":"event","channel":"c","id":"1764000000000-2","data":{}}'
+    client.data_received(
+        encode_frame(OP_TEXT, event[:20], fin=False) + encode_frame(OP_PING, b"hi")
+    )
+    assert transport.sent[-1] == b"hi" and tally.count == 0  # the pong, unmasked
+    wire = encode_frame(OP_CONTINUATION, event[20:]) + encode_frame(OP_TEXT, second)
+    client.data_received(wire[:-5])  # the second frame arrives in two parts
+    assert tally.count == 1
+    client.data_received(wire[-5:] + encode_frame(OP_CLOSE, encode_close(4008, "slow")))
+    assert tally.count == 2 and client.close_code == 4008 and transport.closed
+
+
+async def test_ws_client_closes_on_a_broken_frame() -> None:
+    client = WSClient(Target("127.0.0.1", 1, "tok", "k", PUSHSVC), Tally())
+    transport = upgraded(client)
+    client.data_received(b"\xc1\x00")  # RSV1 set: no extension was negotiated
+    assert client.close_code == 1002 and transport.closed
 
 
 def test_the_subscriber_paths_follow_the_dialect() -> None:

@@ -3,9 +3,9 @@ connection, no stream objects, no JSON parsing on the delivery path.
 
 The generator must stay cheaper per delivery than the server it measures, so:
 
-- WebSocket: a hand-written RFC 6455 client (handshake, masked client frames, unmasked
-  server frames parsed from one buffer; pings answered); text frames that start with
-  ``{"type":"event"`` are events.
+- WebSocket: a hand-written RFC 6455 client (handshake; frames encoded and decoded by
+  :mod:`pushsvc.protocol.wsframes`, fragmented messages reassembled, pings answered);
+  text frames that start with ``{"type":"event"`` are events.
 - SSE and long-poll: HTTP/1.1 parsed by ``httptools`` (the C parser uvicorn uses),
   keep-alive for requests; SSE frames are split on blank lines.
 - Event IDs (``"id":"<ms>-<seq>"``) are found with one compiled regex over each chunk.
@@ -42,6 +42,17 @@ from urllib.parse import quote
 import httptools  # type: ignore[import-untyped,unused-ignore]
 
 from pushsvc.bench.dialects import PUSHSVC, Dialect
+from pushsvc.protocol.wsframes import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    WS_1005_NO_STATUS_RCVD,
+    FrameDecoder,
+    encode_close,
+    encode_frame,
+)
 
 ID_RE = re.compile(rb'"id":"(\d+)-(\d+)"')
 CURSOR_RE = re.compile(rb'"cursor":"([^"]*)"')
@@ -167,17 +178,7 @@ async def _connect(target: Target, factory: Callable[[], asyncio.Protocol]) -> A
 
 def ws_frame(opcode: int, payload: bytes) -> bytes:
     """A masked client frame (RFC 6455 5.3)."""
-    mask = os.urandom(4)
-    n = len(payload)
-    if n < 126:
-        head = bytes((0x80 | opcode, 0x80 | n))
-    elif n < 65536:
-        head = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
-    full = (mask * (n // 4 + 1))[:n]
-    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(full, "big")).to_bytes(n, "big")
-    return head + mask + masked
+    return encode_frame(opcode, payload, mask=os.urandom(4))
 
 
 class WSClient(asyncio.Protocol):
@@ -193,7 +194,8 @@ class WSClient(asyncio.Protocol):
         self.id_re = dialect.id_re
         self.transport: asyncio.Transport | None = None
         self.upgraded = False
-        self.buf = b""
+        self.buf = b""  # the upgrade's answer, until complete
+        self.decoder = FrameDecoder()
         self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.closed = asyncio.Event()
         self.close_code: int | None = None
@@ -233,80 +235,74 @@ class WSClient(asyncio.Protocol):
 
     def send_text(self, payload: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(ws_frame(0x1, payload))
+            self.transport.write(ws_frame(OP_TEXT, payload))
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(ws_frame(0x8, (1000).to_bytes(2, "big")))
+            self.transport.write(ws_frame(OP_CLOSE, encode_close(1000)))
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
-        buf = self.buf + data if self.buf else data
         if not self.upgraded:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                self.buf = buf
+            data = self._handshake(data)
+            if not data:
                 return
-            status = buf[:end].split(b"\r\n", 1)[0]
-            buf = buf[end + 4 :]
-            if b" 101 " not in status + b" ":
-                if not self.opened.done():
-                    self.opened.set_exception(ConnectionError(status.decode("latin-1")))
-                if self.transport is not None:
-                    self.transport.close()
-                return
-            self.upgraded = True
-            self.opened.set_result(None)
-        # Frames are parsed in place (offsets into ``buf``): no copy per frame.
-        pos = 0
-        size = len(buf)
         ids: list[tuple[bytes, bytes]] = []
-        tally = self.tally
-        mode = self.mode
-        while size - pos >= 2:
-            b0 = buf[pos]
-            length = buf[pos + 1] & 0x7F
-            head = 2
-            if length == 126:
-                if size - pos < 4:
-                    break
-                length = (buf[pos + 2] << 8) | buf[pos + 3]
-                head = 4
-            elif length == 127:
-                if size - pos < 10:
-                    break
-                length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
-                head = 10
-            start = pos + head
-            end = start + length
-            if end > size:
-                break
-            pos = end
-            opcode = b0 & 0x0F
-            if opcode == 0x1 or opcode == 0x2:
-                if mode == "pushsvc":
-                    nl = buf.find(b"\n", start, end)
-                    if nl < 0:
-                        self._pushsvc_frame(buf, start, end, ids)
-                    else:  # batch framing: JSON frames separated by "\n"
-                        while nl >= 0:
-                            self._pushsvc_frame(buf, start, nl, ids)
-                            start = nl + 1
-                            nl = buf.find(b"\n", start, end)
-                        self._pushsvc_frame(buf, start, end, ids)
-                elif mode == "raw":
-                    ids += self.id_re.findall(buf, start, end)
-                else:
-                    self._socketio_packet(buf, start, end, ids)
-            elif opcode == 0x8:
-                self.close_code = (buf[start] << 8) | buf[start + 1] if length >= 2 else 1005
-                if self.transport is not None:
-                    self.transport.close()
-            elif opcode == 0x9 and self.transport is not None:
-                self.transport.write(ws_frame(0xA, buf[start:end]))
-        self.buf = buf[pos:] if pos < size else b""
+        decoder = self.decoder
+        for opcode, payload in decoder.feed(data):
+            if opcode in (OP_TEXT, OP_BINARY):
+                self._message(payload, ids)
+            elif opcode == OP_CLOSE:
+                code = int.from_bytes(payload[:2], "big")
+                self.close_code = code if len(payload) >= 2 else WS_1005_NO_STATUS_RCVD
+                self._drop()
+            elif opcode == OP_PING and self.transport is not None:
+                self.transport.write(ws_frame(OP_PONG, payload))
+        if decoder.error is not None:
+            self.close_code = decoder.error.code
+            self._drop()
         if ids:
-            tally.add(ids)
+            self.tally.add(ids)
+
+    def _handshake(self, data: bytes) -> bytes:
+        """Read the upgrade's answer; answers the bytes after it (frames already)."""
+        buf = self.buf + data
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            self.buf = buf
+            return b""
+        self.buf = b""
+        status = buf[:end].split(b"\r\n", 1)[0]
+        if b" 101 " not in status + b" ":
+            if not self.opened.done():
+                self.opened.set_exception(ConnectionError(status.decode("latin-1")))
+            self._drop()
+            return b""
+        self.upgraded = True
+        self.opened.set_result(None)
+        return buf[end + 4 :]
+
+    def _drop(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def _message(self, payload: bytes, ids: list[tuple[bytes, bytes]]) -> None:
+        """One text or binary message, by the dialect."""
+        if self.mode == "pushsvc":
+            nl = payload.find(b"\n")
+            if nl < 0:
+                self._pushsvc_frame(payload, 0, len(payload), ids)
+                return
+            start = 0  # batch framing: JSON frames separated by "\n"
+            while nl >= 0:
+                self._pushsvc_frame(payload, start, nl, ids)
+                start = nl + 1
+                nl = payload.find(b"\n", start)
+            self._pushsvc_frame(payload, start, len(payload), ids)
+        elif self.mode == "raw":
+            ids += self.id_re.findall(payload)
+        else:
+            self._socketio_packet(payload, 0, len(payload), ids)
 
     def _pushsvc_frame(
         self, buf: bytes, start: int, end: int, ids: list[tuple[bytes, bytes]]
