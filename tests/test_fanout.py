@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 import websockets
 
 from tests.fixtures_server import Server
+from tests.waiting import until
 from tests.wire import poll_once
 
 pytestmark = pytest.mark.parametrize("backend_url", ["redis"], indirect=True)
@@ -54,9 +55,12 @@ class Subscribers:
                 into.append(frame["id"])
 
     async def wait_for(self, count: int, timeout: float = 20) -> None:
-        async with asyncio.timeout(timeout):
-            while min(len(r) for r in self.received) < count:
-                await asyncio.sleep(0.02)
+        await until(
+            lambda: min(len(r) for r in self.received),
+            timeout,
+            f"every subscriber to receive {count} events",
+            check=lambda least: least >= count,
+        )
 
     async def __aexit__(self, *exc: object) -> None:
         for task in self.tasks:
@@ -65,20 +69,38 @@ class Subscribers:
             await ws.close()
 
 
-async def redis_calls_for_publishes(server: Server, r: aioredis.Redis, subscribers: int) -> int:
-    channel = f"fan-{subscribers}"
-    async with Subscribers(server, channel, subscribers) as subs:
-        await asyncio.sleep(0.3)  # let subscribe-time reads settle
-        before = await command_calls(r)
-        for i in range(20):
-            server.publish(channel, i)
-        await subs.wait_for(20)
-        after = await command_calls(r)
+def publish_work(before: dict[str, int], after: dict[str, int]) -> int:
     counted = {k: after.get(k, 0) - before.get(k, 0) for k in after}
     # the probes of this test and the listener's health pings are not publish work
     for name in ("info", "ping"):
         counted.pop(name, None)
     return sum(counted.values())
+
+
+async def settled_calls(r: aioredis.Redis) -> dict[str, int]:
+    """The command counts once Redis work has stopped (subscribe-time reads, and the
+    unsubscribe of a previous round's channel): two probes 0.1 s apart that agree."""
+    last: list[dict[str, int]] = [await command_calls(r)]
+
+    async def unchanged() -> bool:
+        now = await command_calls(r)
+        same = publish_work(last[0], now) == 0
+        last[0] = now
+        return same
+
+    await until(unchanged, 20, "Redis command counts to stop moving", interval=0.1)
+    return last[0]
+
+
+async def redis_calls_for_publishes(server: Server, r: aioredis.Redis, subscribers: int) -> int:
+    channel = f"fan-{subscribers}"
+    async with Subscribers(server, channel, subscribers) as subs:
+        before = await settled_calls(r)
+        for i in range(20):
+            server.publish(channel, i)
+        await subs.wait_for(20)
+        after = await command_calls(r)
+    return publish_work(before, after)
 
 
 async def test_redis_commands_per_publish_do_not_grow_with_subscribers(
@@ -108,13 +130,26 @@ async def test_listener_is_gap_free_across_a_killed_redis_connection(
                     published.append(await asyncio.to_thread(server.publish, "chaos", i))
 
             task = asyncio.create_task(publish())
-            for _ in range(3):
-                await asyncio.sleep(0.15)
+            for k in range(3):
+                # kill at a quarter, a half and three quarters of the stream, each time once
+                # the listener is back on its pub/sub connection
+                await until(
+                    lambda: len(published),
+                    30,
+                    f"{(k + 1) * n_events // 4} publishes",
+                    check=lambda n: n >= (k + 1) * n_events // 4,  # noqa: B023
+                )
+                await until(
+                    lambda: r.execute_command("CLIENT", "LIST", "TYPE", "pubsub"),
+                    30,
+                    "the listener subscribed again",
+                    check=lambda listed: b"pushsvc-listener" in listed,
+                )
                 killed = await r.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
                 assert int(killed) >= 1
             await task
             await subs.wait_for(n_events, timeout=30)
-            await asyncio.sleep(0.3)  # a duplicate would arrive now
+            await asyncio.sleep(0.3)  # window: a duplicate would arrive now
             for received in subs.received:
                 assert received == published
     finally:

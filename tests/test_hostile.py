@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +22,7 @@ from websockets.sync.client import connect
 
 from pushsvc.protocol import codes
 from tests.fixtures_server import Server
+from tests.waiting import until_sync
 
 pytestmark = pytest.mark.parametrize("backend_url", ["memory"], indirect=True)
 
@@ -111,10 +111,13 @@ def canary(server: Server) -> Iterator[Canary]:
 
 def check_canary(server: Server, canary: Canary) -> None:
     ids = [server.publish("canary", i) for i in range(5)]
-    deadline = time.monotonic() + 10
-    while [f["id"] for f in canary.received][-5:] != ids:
-        assert time.monotonic() < deadline, "the canary stopped receiving"
-        time.sleep(0.02)
+    until_sync(
+        lambda: [f["id"] for f in canary.received][-5:],
+        10,
+        "the canary receiving the last five events",
+        check=lambda last: last == ids,
+        interval=0.02,
+    )
     assert {f["channel"] for f in canary.received} == {"canary"}
     assert httpx.get(server.url + "/readyz").status_code == 200
     assert server.proc is not None and server.proc.poll() is None

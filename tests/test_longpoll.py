@@ -6,15 +6,15 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import time
 
 import httpx
 import pytest
 from starlette.datastructures import QueryParams
 
-from pushsvc.transports._common import query_from
+from pushsvc.transports.asgi import query_from
 from tests.fixtures_server import Server
 from tests.test_metrics import scrape, value
+from tests.waiting import until_sync
 
 
 @pytest.mark.parametrize(
@@ -60,10 +60,13 @@ def open_poll_count(server: Server) -> float:
 
 
 def wait_for_count(server: Server, expected: float) -> None:
-    deadline = time.monotonic() + 10
-    while open_poll_count(server) != expected:
-        assert time.monotonic() < deadline, f"open polls stayed at {open_poll_count(server)}"
-        time.sleep(0.05)
+    until_sync(
+        lambda: open_poll_count(server),
+        10,
+        f"{expected} open polls",
+        check=lambda count: count == expected,
+        interval=0.05,
+    )
 
 
 def test_a_poll_whose_client_goes_away_is_released_at_once(server: Server) -> None:

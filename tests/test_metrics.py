@@ -14,6 +14,7 @@ import websockets
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fixtures_server import API_KEY, Server, make_server
+from tests.waiting import until
 from tests.wire import SSEReader, poll_collect, poll_once
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -101,8 +102,18 @@ async def test_metrics_count_traffic_on_every_transport(server_factory: Any) -> 
 
         during = scrape(server)
     await ws.close()
-    await asyncio.sleep(0.3)
-    after = scrape(server)
+
+    def closed(m: Samples) -> bool:
+        return (
+            value(m, "pushsvc_connections_open", transport="websocket") == 0
+            and value(m, "pushsvc_connections_open", transport="sse") == 0
+            and value(m, "pushsvc_connections_closed_total", transport="websocket", reason="normal")
+            > 0
+        )
+
+    after = await until(
+        lambda: scrape(server), what="both connections counted closed", check=closed
+    )
 
     assert value(during, "pushsvc_connections_open", transport="websocket") == 1
     assert value(during, "pushsvc_connections_open", transport="sse") == 1
@@ -195,8 +206,13 @@ async def test_slow_consumer_cut_is_counted(server_factory: Any) -> None:
             while True:
                 await ws.recv()
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4008
-    await asyncio.sleep(0.2)
-    m = scrape(server)
+    m = await until(
+        lambda: scrape(server),
+        what="the cut counted closed",
+        check=lambda m: value(
+            m, "pushsvc_connections_closed_total", transport="websocket", reason="slow-consumer"
+        ),
+    )
     assert value(m, "pushsvc_slow_consumer_cuts_total", transport="websocket") == 1
     assert (
         value(m, "pushsvc_connections_closed_total", transport="websocket", reason="slow-consumer")
@@ -215,7 +231,12 @@ async def test_json_logs_one_line_per_connection_open_and_close(
         ws = await ws_subscribe(server, "logs")
         await ws.close()
         await poll_once(server.url, ["logs"], server.token(), timeout=0)
-        await asyncio.sleep(0.3)
+        # both connections' close lines written (logging flushes each record)
+        await until(
+            lambda: read_text(str(server.log_path)).count('"event":"close"'),
+            what="two close lines in the log",
+            check=lambda n: n >= 2,
+        )
     finally:
         server.stop()
     text = read_text(server.log_path)

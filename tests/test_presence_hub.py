@@ -22,6 +22,7 @@ from pushsvc.protocol.wires import PollWire
 from pushsvc.session import Session
 from pushsvc.settings import Settings
 from tests.fixtures_redis import without_query
+from tests.waiting import until
 
 TTL = 0.6
 INTERVAL = 0.2
@@ -71,12 +72,6 @@ def entry(hub: Hub, subject: str, channel: str = "room") -> PresenceEntry:
     return PresenceEntry(channel, hub.new_conn_id(), subject, b'{"name":"%s"}' % subject.encode())
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.005)
-
-
 def crash(hub: Hub) -> None:
     """Stop a hub's timers as ``kill -9`` would, without leaving anything."""
     for task in (hub._heartbeat_task, hub._presence_task):
@@ -123,14 +118,14 @@ async def test_the_timer_sweeps_only_channels_whose_presence_is_watched(
 
     hub.backend.presence_refresh = recorded  # type: ignore[method-assign]
     await listening(hub, "busy")  # listened to, presence unused: no timer work for it
-    await asyncio.sleep(3 * INTERVAL)
+    await asyncio.sleep(3 * INTERVAL)  # window: no sweep may happen
     assert swept == []
     cancel = hub.on_presence_diff("watched", lambda diff: None)
-    await wait_until(lambda: bool(swept))
+    await until(lambda: bool(swept))
     assert swept[-1] == ["watched"]
     cancel()
     count = len(swept)
-    await asyncio.sleep(3 * INTERVAL)
+    await asyncio.sleep(3 * INTERVAL)  # window: no further sweep may start
     assert len(swept) <= count + 1  # at most one call already under way
 
 
@@ -149,7 +144,7 @@ async def test_untracked_entries_leave_and_diffs_reach_the_channel_callbacks(
     await hub.presence_untrack("room", tab1.conn_id)
     await hub.presence_untrack("room", tab1.conn_id)  # twice: nothing more
     await hub.presence_untrack("room", tab2.conn_id)
-    await wait_until(lambda: len(got) >= 4)
+    await until(lambda: len(got) >= 4)
     assert [(d.kind, d.subject, d.connections) for d in got] == [
         ("join", "alice", 1),
         ("join", "alice", 2),
@@ -159,7 +154,7 @@ async def test_untracked_entries_leave_and_diffs_reach_the_channel_callbacks(
     assert hub.metrics.presence_entries == 0 and other == []
     cancel()
     await hub.presence_track(entry(hub, "bob"))
-    await asyncio.sleep(0.05)  # nothing arrives once unregistered
+    await asyncio.sleep(0.05)  # window: nothing arrives once unregistered
     assert len(got) == 4
 
 
@@ -174,7 +169,7 @@ async def test_a_failing_callback_does_not_stop_the_others(make_hub: Callable[..
     hub.on_presence_diff("room", broken)
     hub.on_presence_diff("room", got.append)
     await hub.presence_track(entry(hub, "alice"))
-    await wait_until(lambda: len(got) == 1)
+    await until(lambda: len(got) == 1)
 
 
 async def test_closing_a_hub_removes_its_entries(make_hub: Callable[..., Any]) -> None:
@@ -196,11 +191,11 @@ async def test_members_of_a_crashed_instance_leave_through_another_instances_tim
     got: list[PresenceDiff] = []
     watcher.on_presence_diff("room", got.append)
     await doomed.presence_track(entry(doomed, "xavier"))
-    await wait_until(lambda: len(got) == 1)
+    await until(lambda: len(got) == 1)
     crash(doomed)
     await doomed.backend.close()  # its Redis connections drop, as on kill -9
     crashed_at = time.monotonic()
-    await wait_until(lambda: len(got) == 2, timeout=TTL + INTERVAL + 2.0)
+    await until(lambda: len(got) == 2, timeout=TTL + INTERVAL + 2.0)
     # within ttl + one refresh interval of its last renewal (slack for a loaded machine)
     assert time.monotonic() - crashed_at <= TTL + INTERVAL + 0.5
     assert (got[1].kind, got[1].subject, got[1].connections) == ("leave", "xavier", 0)
@@ -223,6 +218,6 @@ async def test_entries_the_backend_lost_are_joined_again(
         await client.delete(*keys)  # as a Redis restart without persistence would
     finally:
         await client.aclose()
-    await wait_until(lambda: len(got) == 2, timeout=INTERVAL + 2.0)
+    await until(lambda: len(got) == 2, timeout=INTERVAL + 2.0)
     assert got[1].kind == "join" and got[1].subject == "alice"
     assert await hub.backend.presence_stats("room") == (1, 1)

@@ -12,6 +12,7 @@ import websockets
 
 from pushsvc.protocol import cursor as cursor_codec
 from tests.fixtures_server import Server
+from tests.waiting import until
 from tests.wire import by_channel, poll_collect, poll_once, sse_collect, ws_collect
 
 
@@ -95,7 +96,8 @@ async def test_live_and_history_seam_has_no_gap_or_duplicate(server: Server) -> 
                 published.append(r.json()["id"])
 
     task = asyncio.create_task(publisher())
-    await asyncio.sleep(0.05)
+    # some history to resume, with the rest of the stream still to come live
+    await until(lambda: len(published), 30, "10 publishes", check=lambda n: n >= 10)
     results = await asyncio.gather(
         ws_collect(server.ws_url, ["seam"], token, 150, cursor=start, timeout=30),
         sse_collect(server.url, ["seam"], token, 150, last_event_id=start, timeout=30),
@@ -213,7 +215,13 @@ async def test_live_events_reach_subscribers_on_every_instance(server_factory: A
     token = a.token()
     start = (await poll_once(b.url, ["live"], token, timeout=0))["cursor"]
     collector = asyncio.create_task(ws_collect(b.ws_url, ["live"], token, 20, cursor=start))
-    await asyncio.sleep(0.2)
+    # b listens on the channel: what a publishes from now on reaches b live
+    await until(
+        lambda: httpx.get(b.url + "/readyz", timeout=5).json()["listener"]["channels"],
+        10,
+        "instance b listening on the channel",
+        check=lambda channels: channels >= 1,
+    )
     ids = [a.publish("live", i) for i in range(20)]
     items, _ = await collector
     assert [i["id"] for i in items] == ids
