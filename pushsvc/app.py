@@ -26,12 +26,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from pushsvc import api
 from pushsvc.auth import Authenticator
 from pushsvc.backends import Retention, open_backend
-from pushsvc.errors import http_error_handler, push_error_handler, unexpected_error_handler
 from pushsvc.exceptions import PushError
 from pushsvc.hub import Hub
 from pushsvc.limits import RateLimiter
 from pushsvc.logs import install_redaction
 from pushsvc.metrics import Metrics, metrics_endpoint
+from pushsvc.problems import http_error_handler, push_error_handler, unexpected_error_handler
 from pushsvc.settings import Settings
 from pushsvc.transports._common import serve_endpoint
 from pushsvc.transports.longpoll import PollTransport, serve_poll

@@ -1,8 +1,9 @@
 """The one exception tree of pushsvc.
 
 Every error a client can cause knows its HTTP status, its WebSocket close code and its
-problem type, so one mapper (``pushsvc.errors``) turns it into an
-``application/problem+json`` response or a WebSocket close::
+problem type (``problem``, the last part of the type URI), so one module
+(``pushsvc.problems``) renders it for every wire: an ``application/problem+json``
+response, a refused WebSocket upgrade, an ``error`` frame or a WebSocket close::
 
     PushError
     ├── ConfigError                  (server misconfiguration; never sent to clients)
@@ -37,18 +38,8 @@ class PushError(Exception):
     def __init__(self, detail: str = "", **extra: Any) -> None:
         super().__init__(detail or self.title)
         self.detail = detail or self.title
-        self.extra = extra
-        self.headers: dict[str, str] = {}
-
-    def problem_body(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "type": f"https://pushsvc.dev/problems/{self.problem}",
-            "title": self.title,
-            "status": self.status,
-            "detail": self.detail,
-        }
-        body.update(self.extra)
-        return body
+        self.extra = extra  # more members of the problem body (channels, retry_after, ...)
+        self.headers: dict[str, str] = {}  # HTTP headers of the answer (Retry-After)
 
 
 class ConfigError(PushError):

@@ -15,8 +15,8 @@ from pushsvc.backends.redis import (
     RedisBackend,
     parse_pool_options,
 )
-from pushsvc.errors import problem_response
 from pushsvc.exceptions import BackendError, ConfigError
+from pushsvc.problems import problem_response
 from pushsvc.protocol.ids import ZERO
 from tests.fixtures_redis import MakeBackend
 

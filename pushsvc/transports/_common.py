@@ -13,9 +13,9 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from pushsvc.auth import Authenticator, Principal, credential_from
-from pushsvc.errors import push_error_handler, unexpected_error_handler
 from pushsvc.exceptions import BadRequest, Forbidden, PushError, Unavailable
 from pushsvc.hub import Hub
+from pushsvc.problems import push_error_handler, unexpected_error_handler
 from pushsvc.protocol import cursor as cursor_codec
 from pushsvc.protocol.ids import StreamId
 from pushsvc.protocol.names import check_channels

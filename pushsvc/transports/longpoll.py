@@ -23,8 +23,8 @@ from typing import Any, cast
 
 from starlette.types import Receive, Scope, Send
 
-from pushsvc.errors import internal_error_response, problem_response
 from pushsvc.exceptions import BadRequest, PushError
+from pushsvc.problems import internal_error_response, problem_response
 from pushsvc.protocol import frames
 from pushsvc.protocol.wires import PollWire
 from pushsvc.session import Session

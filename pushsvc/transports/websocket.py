@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from pushsvc.auth import Authenticator, Principal, credential_from
 from pushsvc.backends.base import Message
 from pushsvc.exceptions import BadRequest, PayloadTooLarge, PushError, Unavailable
 from pushsvc.metrics import TransportStats
+from pushsvc.problems import deny_websocket, error_frame
 from pushsvc.protocol import client_frames, codes
 from pushsvc.protocol.frames import ws_control
 from pushsvc.protocol.presence import client_conn_id
@@ -80,7 +80,7 @@ async def _open(scope: Scope, receive: Receive, send: Send) -> _Connection | Non
             raise Unavailable("connection limit reached on this instance", retry_after=2)
     except PushError as exc:
         hub.metrics.error(exc)
-        await _deny(scope, send, exc)
+        await deny_websocket(scope, send, exc)
         return None
     await send({"type": "websocket.accept"})
     session = Session(hub, principal, WebSocketWire())
@@ -168,19 +168,6 @@ class WebSocketWriter(Writer):
                 }
             )
         return out
-
-
-async def _deny(scope: Scope, send: Send, exc: PushError) -> None:
-    if "websocket.http.response" in scope.get("extensions", {}):
-        body = json.dumps(exc.problem_body()).encode()
-        headers = [(b"content-type", b"application/problem+json")]
-        headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
-        await send(
-            {"type": "websocket.http.response.start", "status": exc.status, "headers": headers}
-        )
-        await send({"type": "websocket.http.response.body", "body": body})
-    else:
-        await send({"type": "websocket.close", "code": exc.close_code, "reason": exc.detail[:120]})
 
 
 @functools.lru_cache(maxsize=16)
@@ -339,17 +326,7 @@ class _Connection:
 
     def _error(self, exc: PushError, **fields: Any) -> None:
         self.session.hub.metrics.error(exc)
-        body = exc.problem_body()
-        self.session.push(
-            ws_control(
-                "error",
-                code=exc.close_code,
-                status=exc.status,
-                detail=exc.detail,
-                **fields,
-                problem=body["type"],
-            )
-        )
+        self.session.push(error_frame(exc, **fields))
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
