@@ -94,6 +94,12 @@ def test_control_frames_pass_between_fragments() -> None:
     assert parse_close(frames[-1][1]) == (1000, "bye")
 
 
+def test_a_length_in_a_longer_form_than_needed_still_decodes() -> None:
+    ping = b"\x89\x7e\x00\x02hi"  # 2 in the 16-bit form
+    text = b"\x81\x7f" + (3).to_bytes(8, "big") + b"abc"  # 3 in the 64-bit form
+    assert FrameDecoder().feed(ping + text) == [(OP_PING, b"hi"), (OP_TEXT, b"abc")]
+
+
 def test_close_payloads() -> None:
     assert parse_close(b"") == (WS_1005_NO_STATUS_RCVD, "")
     assert parse_close(encode_close(4008)) == (4008, "")

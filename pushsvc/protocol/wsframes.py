@@ -173,16 +173,9 @@ class FrameDecoder:
                     frames.append((b0 & 0x0F, buf[start:end]))
                     pos = end
                     continue
-                if b1 & 0x80:
-                    start += 4
-                self._check(b0, length, bool(b1 & 0x80))
-                end = start + length
-                if end > size:
+                end = self._other_frame(buf, pos, start, length, size, frames)
+                if end < 0:
                     break
-                payload = buf[start:end]
-                if b1 & 0x80:
-                    payload = apply_mask(payload, buf[start - 4 : start])
-                self._deliver(b0 & 0x0F, bool(b0 & 0x80), payload, frames)
                 pos = end
         except FrameError as exc:
             self.error = exc
@@ -191,6 +184,25 @@ class FrameDecoder:
             return frames
         self._buf = buf[pos:] if pos < size else b""
         return frames
+
+    def _other_frame(
+        self, buf: bytes, pos: int, start: int, length: int, size: int, frames: list[Frame]
+    ) -> int:
+        """Any frame but an unmasked whole data message: masked, control, fragment, or
+        one to refuse. ``start``: after the length; answers where it ends (-1: partial)."""
+        b0 = buf[pos]
+        masked = bool(buf[pos + 1] & 0x80)
+        if masked:
+            start += 4
+        self._check(b0, length, masked)
+        end = start + length
+        if end > size:
+            return -1
+        payload = buf[start:end]
+        if masked:
+            payload = apply_mask(payload, buf[start - 4 : start])
+        self._deliver(b0 & 0x0F, bool(b0 & 0x80), payload, frames)
+        return end
 
     def _check(self, b0: int, length: int, masked: bool) -> None:
         opcode = b0 & 0x0F
