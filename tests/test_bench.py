@@ -15,7 +15,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from pushsvc.bench import bench
+from pushsvc.bench.cli import bench
 from tests.fixtures_server import API_KEY, SECRET, Server
 
 TINY = [
@@ -83,7 +83,13 @@ def test_every_scenario_runs_complete_with_a_spawned_server(tmp_path: Path) -> N
     assert meta["pinning"].startswith("server on CPU") or meta["pinning"] == "none"
 
 
-def test_bench_against_a_running_server_matches_its_metrics(server: Server, tmp_path: Path) -> None:
+@pytest.mark.parametrize("secret_from", ["option", "PUSHSVC_SECRETS", "PUSHSVC_SECRET"])
+def test_bench_against_a_running_server_matches_its_metrics(
+    secret_from: str, server: Server, tmp_path: Path
+) -> None:
+    """The secret as ``pushsvc serve`` takes it: ``--secret`` or ``PUSHSVC_SECRETS`` (the
+    first of the list signs); the old ``PUSHSVC_SECRET`` still works, with a warning."""
+
     def delivered() -> float:
         text = httpx.get(server.url + "/metrics").text
         line = next(
@@ -95,12 +101,17 @@ def test_bench_against_a_running_server_matches_its_metrics(server: Server, tmp_
 
     before = delivered()
     out = tmp_path / "out"
+    secret_args = ["--secret", SECRET] if secret_from == "option" else []
+    env = {"PUSHSVC_SECRETS": "", "PUSHSVC_SECRET": ""}
+    if secret_from == "PUSHSVC_SECRETS":
+        env["PUSHSVC_SECRETS"] = f"{SECRET}, an-older-secret"
+    elif secret_from == "PUSHSVC_SECRET":
+        env["PUSHSVC_SECRET"] = SECRET
     proc = run_bench(
         "fanout",
         "--url",
         server.url,
-        "--secret",
-        SECRET,
+        *secret_args,
         "--api-key",
         API_KEY,
         "-t",
@@ -109,8 +120,11 @@ def test_bench_against_a_running_server_matches_its_metrics(server: Server, tmp_
         str(out),
         "--no-plots",
         *TINY,
+        env=env,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    deprecated = "PUSHSVC_SECRET is deprecated" in proc.stderr
+    assert deprecated == (secret_from == "PUSHSVC_SECRET")
     [phase] = phases(out)
     assert phase["complete"]
     assert phase["figures"]["deliveries"] == 12 * 15 == delivered() - before

@@ -32,16 +32,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
+import dataclasses
 import json
-import os
 import platform
 import shlex
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -51,16 +50,9 @@ import click
 
 from pushsvc.auth import Authenticator
 from pushsvc.bench import proc, report
-from pushsvc.bench.cli import _git_describe, _loadavg, _raise_fd_limit
 from pushsvc.bench.dialects import PUSHSVC_AS_PEER, Dialect, socketio
 from pushsvc.bench.scenarios import CONTENDED, SATURATED, Bench, Options, Phase
-from pushsvc.bench.server import (
-    ServerUnderTest,
-    delete_redis_prefix,
-    free_port,
-    spawn,
-    spawn_command,
-)
+from pushsvc.bench.server import ServerUnderTest, Spawner, free_port, spawn_command
 
 HERE = Path(__file__).resolve().parent
 NODE_MODULES = HERE / "node" / "node_modules"
@@ -199,33 +191,26 @@ class Runner:
         if not opts["no_pin"] and len(self.cores) >= 2:
             self.pin_server, self.pin_gen = self.cores[0], self.cores[1]
         self.started: list[ServerUnderTest] = []
-        self.redis_prefix: str | None = None
-        self.keys_deleted = 0
+        # pushsvc, as `pushsvc bench --spawn` starts it; a restart keeps its credentials
+        self.pushsvc = Spawner(
+            opts["backend"],
+            redis_url=opts["redis_url"],
+            cpu=self.pin_server,
+            log_path=out / "logs" / "pushsvc.log",
+            extra_env={
+                "PUSHSVC_HEARTBEAT_INTERVAL": str(opts["heartbeat"]),
+                "PUSHSVC_RETENTION_MAX_LEN": "10000",
+            },
+        )
 
     # --- servers ---------------------------------------------------------------------------
 
     def start(self, peer: Peer) -> tuple[ServerUnderTest, Dialect]:
-        for old in self.started:
-            old.stop()
-        self.started = []
+        self.stop()
         log = self.out / "logs" / f"{peer.name}.log"
         log.parent.mkdir(exist_ok=True)
-        if peer.command is None:  # pushsvc, as `pushsvc bench --spawn` starts it
-            server = spawn(
-                self.opts["backend"],
-                redis_url=self.opts["redis_url"],
-                cpu=self.pin_server,
-                log_path=log,
-                extra_env={
-                    "PUSHSVC_HEARTBEAT_INTERVAL": str(self.opts["heartbeat"]),
-                    "PUSHSVC_RETENTION_MAX_LEN": "10000",
-                },
-                redis_prefix=self.redis_prefix,
-            )
-            if server.redis_prefix:
-                self.redis_prefix = server.redis_prefix
-            self.started.append(server)
-            return server, PUSHSVC_AS_PEER
+        if peer.command is None:
+            return self.pushsvc.start(), PUSHSVC_AS_PEER
         port, pub = free_port(), free_port()
         cmd, env, ready_port = peer.command(port, pub)
         server = spawn_command(
@@ -241,6 +226,7 @@ class Runner:
         return server, peer.dialect(port, pub)
 
     def stop(self) -> None:
+        self.pushsvc.stop_servers()
         for server in self.started:
             server.stop()
         self.started = []
@@ -255,64 +241,59 @@ class Runner:
             result.error = f"could not start: {exc}"
             return result
         try:
-            token = "unused"
-            if server.secret is not None:
-                token = Authenticator((server.secret,), ()).issue(
-                    "pushsvc-compare", subscribe=["*"], publish=["*"], ttl=24 * 3600
-                )
-            bench: Bench
-
-            def respawn() -> ServerUnderTest:
-                fresh, bench.dialect = self.start(peer)
-                return fresh
-
-            bench = Bench(server, token, self.options, respawn=respawn, dialect=dialect)
-            if server.secret is not None:
-                # a respawned pushsvc keeps the credentials: tokens stay valid
-                secret, api_key = server.secret, server.api_key
-
-                def respawn_pushsvc() -> ServerUnderTest:
-                    for old in self.started:
-                        old.stop()
-                    fresh = spawn(
-                        self.opts["backend"],
-                        redis_url=self.opts["redis_url"],
-                        cpu=self.pin_server,
-                        log_path=self.out / "logs" / f"{peer.name}.log",
-                        extra_env={
-                            "PUSHSVC_HEARTBEAT_INTERVAL": str(self.opts["heartbeat"]),
-                            "PUSHSVC_RETENTION_MAX_LEN": "10000",
-                        },
-                        redis_prefix=self.redis_prefix,
-                        secret=secret,
-                        api_key=api_key,
-                    )
-                    self.started = [fresh]
-                    return fresh
-
-                bench.respawn = respawn_pushsvc
+            bench = self._bench(peer, server, dialect)
             result.transports = tuple(t for t in self.options.transports if t in dialect.transports)
-            steps: list[tuple[str, str, Callable[[str], Any]]] = []
-            for scenario, run in (
-                ("fanout", bench.fanout),
-                ("latency", bench.latency),
-                ("connections", bench.connections),
-            ):
-                if scenario in self.opts["scenarios"]:
-                    steps += [(scenario, t, run) for t in result.transports]
-            for scenario, transport, run in steps:
-                started = time.perf_counter()
-                try:
-                    phase = await run(transport)
-                except (OSError, RuntimeError) as exc:
-                    phase = Phase(scenario, transport, {}, complete=False)
-                    phase.notes.append(f"failed: {exc!r}")
-                phase.elapsed = time.perf_counter() - started
+            for scenario, transport, run in self._steps(bench, result.transports):
+                phase = await _run_phase(scenario, transport, run)
                 result.phases.append(phase)
                 _log(f"{peer.name:>16} {scenario}/{transport}: {_brief(phase)}")
         finally:
             self.stop()
         return result
+
+    def _bench(self, peer: Peer, server: ServerUnderTest, dialect: Dialect) -> Bench:
+        """The generator for ``server``; it restarts the server (a fresh process for each
+        connections phase) as ``start`` does, pushsvc with the same credentials."""
+        if server.secret is not None:  # pushsvc
+            token = Authenticator((server.secret,), ()).issue(
+                "pushsvc-compare", subscribe=["*"], publish=["*"], ttl=24 * 3600
+            )
+            return Bench(server, token, self.options, respawn=self.pushsvc.start, dialect=dialect)
+        bench: Bench
+
+        def respawn() -> ServerUnderTest:
+            fresh, bench.dialect = self.start(peer)  # new ports: a new dialect
+            return fresh
+
+        bench = Bench(server, "unused", self.options, respawn=respawn, dialect=dialect)
+        return bench
+
+    def _steps(
+        self, bench: Bench, transports: tuple[str, ...]
+    ) -> list[tuple[str, str, Callable[[str], Awaitable[Phase]]]]:
+        steps: list[tuple[str, str, Callable[[str], Awaitable[Phase]]]] = []
+        for scenario, run in (
+            ("fanout", bench.fanout),
+            ("latency", bench.latency),
+            ("connections", bench.connections),
+        ):
+            if scenario in self.opts["scenarios"]:
+                steps += [(scenario, t, run) for t in transports]
+        return steps
+
+
+async def _run_phase(
+    scenario: str, transport: str, run: Callable[[str], Awaitable[Phase]]
+) -> Phase:
+    """One phase; a server that failed under it gives an incomplete phase saying how."""
+    started = time.perf_counter()
+    try:
+        phase = await run(transport)
+    except (OSError, RuntimeError) as exc:
+        phase = Phase(scenario, transport, {}, complete=False)
+        phase.notes.append(f"failed: {exc!r}")
+    phase.elapsed = time.perf_counter() - started
+    return phase
 
 
 # --- report ------------------------------------------------------------------------------------
@@ -382,25 +363,49 @@ def summary(results: list[Result]) -> list[dict[str, Any]]:
     return rows
 
 
+_META_KEYS = (
+    "started",
+    "finished",
+    "pinning",
+    "machine",
+    "python",
+    "git",
+    "pushsvc_backend",
+    "load_average_at_start",
+    "load_average_at_end",
+)
+
+_GLOSSARY = (
+    "*lost*: events a subscriber had not received when its phase ended; *dup*: "
+    "events received twice; *server CPU* and *generator CPU*: fraction of one core "
+    "over the measured part. Latency runs, for every server pushsvc included, from the "
+    "generator's clock right before it sent the publish request (written into the "
+    "payload, `@<ms>-<seq>@`) to the receive wall clock; completeness counts distinct "
+    "sequence numbers per subscriber."
+)
+
+
 def markdown(meta: dict[str, Any], results: list[Result], plot: str | None) -> str:
-    o = meta["options"]
-    out = ["# pushsvc and its peers, side by side", ""]
-    out.append(f"- command: `{meta['command']}`")
-    for key in (
-        "started",
-        "finished",
-        "pinning",
-        "machine",
-        "python",
-        "git",
-        "pushsvc_backend",
-        "load_average_at_start",
-        "load_average_at_end",
-    ):
-        if meta.get(key) is not None:
-            out.append(f"- {key}: {meta[key]}")
+    """``comparison.md``: the run, the comparison table, the detail tables per scenario,
+    the generator's load and the completeness."""
+    out = ["# pushsvc and its peers, side by side", "", f"- command: `{meta['command']}`"]
+    out += report.meta_lines(meta, _META_KEYS)
+    out += ["", _method(meta["options"]), ""]
+    out += _comparison_table(results)
+    out += ["", "Versions:", ""]
+    out += [f"- {r.peer.name}: {r.versions}" for r in results]
     out.append("")
-    out.append(
+    if plot:
+        out += [f"![comparison]({plot})", ""]
+    out += [_GLOSSARY, ""]
+    for scenario in ("fanout", "latency", "connections"):
+        out += _details(results, scenario)
+    out += _generator_and_completeness(results)
+    return "\n".join(out) + "\n"
+
+
+def _method(o: dict[str, Any]) -> str:
+    return (
         f"Fan-out: {o['subscribers']:,} subscribers x {o['events']:,} events on one channel, "
         f"published over {o['fanout_inflight']} connection(s), each sending its next event "
         "as soon as its previous publish was answered; "
@@ -411,121 +416,99 @@ def markdown(meta: dict[str, Any], results: list[Result], plot: str | None) -> s
         "per connection. Same load generator (`pushsvc.bench`, raw asyncio clients) for "
         "every server; '—': the server has no such transport."
     )
-    out.append("")
+
+
+def _comparison_table(results: list[Result]) -> list[str]:
     head = [
         "server",
         *[c[4] for c in COLUMNS],
         "WS fan-out deliveries/s",
         "generator CPU (WS fan-out)",
     ]
-    out.append("| " + " | ".join(head) + " |")
-    out.append("|" + "---|" * len(head))
+    body = []
     for r in results:
         if r.error:
-            out.append(
-                f"| {r.peer.label} | " + " | ".join([r.error] + [""] * (len(head) - 2)) + " |"
-            )
+            body.append([r.peer.label, r.error] + [""] * (len(head) - 2))
             continue
         cells = [_cell(r.phase(s, t), k, u) for s, t, k, u, _ in COLUMNS]
-        fan = r.phase("fanout", "websocket")
-        rate = "—" if fan is None else _fmt_num(fan.figures.get("deliveries_per_s"))
-        gen = "—"
-        if fan is not None and fan.generator_cpu is not None:
-            per = fan.figures.get("generator_cpu_us_per_delivery")
-            gen = f"{fan.generator_cpu:.0%} of a core" + (f", {per:.1f} µs/event" if per else "")
-        out.append(f"| {r.peer.label} | " + " | ".join([*cells, rate, gen]) + " |")
-    out.append("")
-    out.append("Versions:")
-    out.append("")
-    out.extend(f"- {r.peer.name}: {r.versions}" for r in results)
-    out.append("")
-    if plot:
-        out.append(f"![comparison]({plot})")
-        out.append("")
-    out.append(
-        "*lost*: events a subscriber had not received when its phase ended; *dup*: "
-        "events received twice; *server CPU* and *generator CPU*: fraction of one core "
-        "over the measured part. Latency runs, for every server pushsvc included, from the "
-        "generator's clock right before it sent the publish request (written into the "
-        "payload, `@<ms>-<seq>@`) to the receive wall clock; completeness counts distinct "
-        "sequence numbers per subscriber."
-    )
-    out.append("")
-    for scenario in ("fanout", "latency", "connections"):
-        phases = [p for r in results for p in r.phases if p.scenario == scenario]
-        if not phases:
-            continue
-        out.append(f"## {scenario}")
-        out.append("")
-        named = []
-        for r in results:
-            for p in r.phases:
-                if p.scenario == scenario:
-                    copy = Phase(**{**p.__dict__, "transport": f"{r.peer.name} {p.transport}"})
-                    named.append(copy)
-        head2, body = report.rows(named, scenario)
-        head2[0] = "server, transport"
-        out.append("| " + " | ".join(head2) + " |")
-        out.append("|" + "---|" * len(head2))
-        out.extend("| " + " | ".join(row) + " |" for row in body)
-        notes = [f"{p.transport}: {n}" for p in named for n in p.notes]
-        if notes:
-            out.append("")
-            out.extend(f"- {n}" for n in notes)
-        out.append("")
-    saturated = [
-        f"{r.peer.name} {p.scenario}/{p.transport}"
+        body.append([r.peer.label, *cells, *_fanout_cells(r.phase("fanout", "websocket"))])
+    return report.markdown_table(head, body)
+
+
+def _fanout_cells(fan: Phase | None) -> list[str]:
+    """The WebSocket fan-out's deliveries/s and the generator's CPU for it."""
+    if fan is None:
+        return ["—", "—"]
+    rate = _fmt_num(fan.figures.get("deliveries_per_s"))
+    gen = "—"
+    if fan.generator_cpu is not None:
+        per = fan.figures.get("generator_cpu_us_per_delivery")
+        gen = f"{fan.generator_cpu:.0%} of a core" + (f", {per:.1f} µs/event" if per else "")
+    return [rate, gen]
+
+
+def _details(results: list[Result], scenario: str) -> list[str]:
+    """A scenario's detail table, one row per server and transport, and its notes."""
+    named = [
+        dataclasses.replace(p, transport=f"{r.peer.name} {p.transport}")
         for r in results
         for p in r.phases
-        if p.saturated
+        if p.scenario == scenario
     ]
-    incomplete = [
-        f"{r.peer.name} {p.scenario}/{p.transport}"
-        for r in results
-        for p in r.phases
-        if not p.complete
-    ]
-    out.append("## Load generator and completeness")
+    if not named:
+        return []
+    head, body = report.rows(named, scenario)
+    head[0] = "server, transport"
+    out = [f"## {scenario}", "", *report.markdown_table(head, body)]
+    notes = [f"{p.transport}: {n}" for p in named for n in p.notes]
+    if notes:
+        out.append("")
+        out.extend(f"- {n}" for n in notes)
     out.append("")
+    return out
+
+
+def _generator_and_completeness(results: list[Result]) -> list[str]:
+    phases = [(r.peer.name, p) for r in results for p in r.phases]
+    saturated = [f"{name} {p.scenario}/{p.transport}" for name, p in phases if p.saturated]
+    incomplete = [f"{name} {p.scenario}/{p.transport}" for name, p in phases if not p.complete]
+    out = ["## Load generator and completeness", ""]
     if saturated:
-        out.append(
-            f"**The generator was saturated** (above {SATURATED:.0%} of a core) in: "
-            + ", ".join(saturated)
-            + ". Those figures may be limited by the generator rather than the server."
-        )
+        out.append(report.saturated_sentence(saturated))
     else:
         out.append(f"The generator stayed below {SATURATED:.0%} of a core in every phase.")
-    contended = [
-        f"{r.peer.name} {p.scenario}/{p.transport} ({p.server_core_busy:.0%} busy, "
-        f"server {p.server_cpu or 0:.0%})"
-        for r in results
-        for p in r.phases
-        if p.scenario != "connections"  # RSS does not depend on it
-        and p.server_core_busy is not None
-        and p.server_core_busy - (p.server_cpu or 0.0) > CONTENDED
-    ]
-    out.append("")
-    if contended:
-        out.append(
-            "**Other work competed with the server on its core** (busy time that was not the "
-            "server's above " + f"{CONTENDED:.0%}) in: " + ", ".join(contended) + ". Latency "
-            "and rates there are pessimistic; rerun on a quiet machine."
-        )
-    else:
-        out.append(
-            "No phase saw other work on the server's core above "
-            f"{CONTENDED:.0%} of it (column *server core busy* in comparison.json)."
-        )
-    out.append("")
+    out += ["", _contention(phases), ""]
     if incomplete:
         out.append("**Incomplete phases**: " + ", ".join(incomplete) + " (see the notes above).")
     else:
         out.append("Every phase was complete: no event lost or duplicated.")
     failed = [f"{r.peer.name}: {r.error}" for r in results if r.error]
     if failed:
-        out.append("")
-        out.append("**Not run**: " + "; ".join(failed))
-    return "\n".join(out) + "\n"
+        out += ["", "**Not run**: " + "; ".join(failed)]
+    return out
+
+
+def _contention(phases: list[tuple[str, Phase]]) -> str:
+    """Which phases shared the server's core with other work (RSS does not depend on it:
+    connections phases are left out)."""
+    contended = [
+        f"{name} {p.scenario}/{p.transport} ({p.server_core_busy:.0%} busy, "
+        f"server {p.server_cpu or 0:.0%})"
+        for name, p in phases
+        if p.scenario != "connections"
+        and p.server_core_busy is not None
+        and p.server_core_busy - (p.server_cpu or 0.0) > CONTENDED
+    ]
+    if contended:
+        return (
+            "**Other work competed with the server on its core** (busy time that was not the "
+            "server's above " + f"{CONTENDED:.0%}) in: " + ", ".join(contended) + ". Latency "
+            "and rates there are pessimistic; rerun on a quiet machine."
+        )
+    return (
+        "No phase saw other work on the server's core above "
+        f"{CONTENDED:.0%} of it (column *server core busy* in comparison.json)."
+    )
 
 
 def _fmt_num(value: Any) -> str:
@@ -645,83 +628,75 @@ def _log(message: str) -> None:
     show_default=True,
     type=click.Path(file_okay=False, path_type=Path),
 )
-def main(
-    servers: str,
-    scenarios: str,
-    transports: str,
-    subscribers: int,
-    events: int,
-    latency_subscribers: int,
-    rate: float,
-    duration: float,
-    connections: int,
-    idle_seconds: float,
-    payload_bytes: int,
-    fanout_inflight: int,
-    publishers: int,
-    phase_timeout: float,
-    backend: str,
-    redis_url: str,
-    heartbeat: float,
-    no_pin: bool,
-    no_plots: bool,
-    out_dir: Path,
-) -> None:
+def main(**params: Any) -> None:
     """pushsvc and its peers side by side: one run, one table (JSON, Markdown, PNG)."""
-    chosen = [s.strip() for s in servers.split(",") if s.strip()]
-    unknown = [s for s in chosen if s not in PEERS]
-    if unknown:
-        raise click.BadParameter(f"unknown: {', '.join(unknown)}", param_hint="--servers")
-    scen = tuple(s.strip() for s in scenarios.split(",") if s.strip())
-    if not set(scen) <= {"fanout", "latency", "connections"}:
-        raise click.BadParameter("fanout, latency, connections", param_hint="--scenarios")
-    trans = tuple({"ws": "websocket"}.get(t.strip(), t.strip()) for t in transports.split(","))
-    if not set(trans) <= {"websocket", "sse"}:
-        raise click.BadParameter("websocket, sse", param_hint="--transports")
-    options = Options(
-        transports=trans,
-        subscribers=subscribers,
-        events=events,
-        rate=rate,
-        duration=duration,
-        latency_subscribers=latency_subscribers,
-        connections=connections,
-        idle_seconds=idle_seconds,
-        payload_bytes=payload_bytes,
-        publishers=publishers,
-        phase_timeout=phase_timeout,
-        fanout_inflight=fanout_inflight,
-    )
-    opts = {
-        "backend": backend,
-        "redis_url": redis_url,
-        "heartbeat": heartbeat,
-        "no_pin": no_pin,
-        "scenarios": scen,
-    }
+    chosen, options, opts = _settings(params)
+    out_dir: Path = params["out_dir"]
     out_dir.mkdir(parents=True, exist_ok=True)
     logs = out_dir / "logs"
     if logs.exists():
         for old in logs.glob("*.log"):
             old.unlink()
-    _raise_fd_limit()  # the spawned servers inherit it
+    proc.raise_fd_limit()  # the spawned servers inherit it
     runner = Runner(opts, options, out_dir)
-    old_affinity = proc.affinity()
-    meta: dict[str, Any] = {
+    meta = _meta(runner, options)
+    results = _measure_all(runner, chosen, meta)
+    meta["finished"] = report.utc_now()
+    meta["load_average_at_end"] = report.load_average()
+    for log in logs.glob("*.log"):
+        if log.stat().st_size == 0:
+            log.unlink()
+    with contextlib.suppress(OSError):
+        logs.rmdir()  # nothing was logged
+    _write_outputs(out_dir, meta, results, plots=not params["no_plots"])
+    if any(r.error for r in results) or any(not p.complete for r in results for p in r.phases):
+        sys.exit(1)
+
+
+def _settings(params: dict[str, Any]) -> tuple[list[str], Options, dict[str, Any]]:
+    """The servers to run, the generator's options and the runner's, checked."""
+    chosen = [s.strip() for s in params["servers"].split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in PEERS]
+    if unknown:
+        raise click.BadParameter(f"unknown: {', '.join(unknown)}", param_hint="--servers")
+    scen = tuple(s.strip() for s in params["scenarios"].split(",") if s.strip())
+    if not set(scen) <= {"fanout", "latency", "connections"}:
+        raise click.BadParameter("fanout, latency, connections", param_hint="--scenarios")
+    trans = tuple(
+        {"ws": "websocket"}.get(t.strip(), t.strip()) for t in params["transports"].split(",")
+    )
+    if not set(trans) <= {"websocket", "sse"}:
+        raise click.BadParameter("websocket, sse", param_hint="--transports")
+    names = (
+        *("subscribers", "events", "latency_subscribers", "rate", "duration"),
+        *("connections", "idle_seconds", "payload_bytes", "publishers", "phase_timeout"),
+    )
+    options = Options(
+        transports=trans,
+        fanout_inflight=params["fanout_inflight"],
+        **{name: params[name] for name in names},
+    )
+    runner_keys = ("backend", "redis_url", "heartbeat", "no_pin")
+    return chosen, options, {k: params[k] for k in runner_keys} | {"scenarios": scen}
+
+
+def _meta(runner: Runner, options: Options) -> dict[str, Any]:
+    return {
         "command": "python benchmarks/peers/compare.py " + shlex.join(sys.argv[1:]),
-        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "pinning": (
-            f"server on CPU {runner.pin_server}, generator on CPU {runner.pin_gen}"
-            if runner.pin_gen is not None
-            else "none"
-        ),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        "started": report.utc_now(),
+        "pinning": report.pinning(runner.pin_server, runner.pin_gen),
+        "machine": report.machine(),
         "python": platform.python_version(),
-        "git": _git_describe(),
-        "pushsvc_backend": backend,
-        "load_average_at_start": _loadavg(),
+        "git": report.git_describe(),
+        "pushsvc_backend": runner.opts["backend"],
+        "load_average_at_start": report.load_average(),
         "options": vars(options) | {"transports": list(options.transports)},
     }
+
+
+def _measure_all(runner: Runner, chosen: list[str], meta: dict[str, Any]) -> list[Result]:
+    """Each server in turn, the generator pinned to its core; everything started is
+    stopped and the run's Redis keys deleted, whatever happens."""
     results: list[Result] = []
 
     async def run_all() -> None:
@@ -729,31 +704,26 @@ def main(
             _log(f"--- {name}")
             results.append(await runner.measure(PEERS[name]))
 
-    loop_factory = None
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
+    old_affinity = proc.affinity()
     if runner.pin_gen is not None:
         proc.pin(0, {runner.pin_gen})
     try:
-        with asyncio.Runner(loop_factory=loop_factory) as r:
+        with asyncio.Runner(loop_factory=proc.loop_factory()) as r:
             r.run(run_all())
     finally:
         runner.stop()
         if old_affinity and runner.pin_gen is not None:
             proc.pin(0, old_affinity)
-        if runner.redis_prefix:
-            meta["redis_keys_deleted"] = delete_redis_prefix(redis_url, runner.redis_prefix)
-    meta["finished"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    meta["load_average_at_end"] = _loadavg()
-    for log in logs.glob("*.log"):
-        if log.stat().st_size == 0:
-            log.unlink()
-    with contextlib.suppress(OSError):
-        logs.rmdir()  # nothing was logged
+        deleted = runner.pushsvc.delete_redis_keys()
+        if deleted is not None:
+            meta["redis_keys_deleted"] = deleted
+    return results
+
+
+def _write_outputs(out_dir: Path, meta: dict[str, Any], results: list[Result], plots: bool) -> None:
+    """comparison.json, comparison.md, comparison.png; the table on stdout."""
     plot_name = None
-    if not no_plots:
+    if plots:
         try:
             plot_name = plot(out_dir, results)
         except ImportError as exc:
@@ -781,8 +751,6 @@ def main(
         f"wrote {out_dir / 'comparison.json'}, {out_dir / 'comparison.md'}"
         + (f", {out_dir / plot_name}" if plot_name else "")
     )
-    if any(r.error for r in results) or any(not p.complete for r in results for p in r.phases):
-        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,17 +1,24 @@
-"""``pushsvc bench``: the load generator and its report."""
+"""``pushsvc bench``: the load generator and its report.
+
+The command only reads and checks its options (``_settings``); ``_measure`` starts or
+reaches the server, runs the scenarios (``Bench.plan``) and stops what it started;
+``_write_report`` leaves the files. The token secret for ``--url`` is read as ``pushsvc
+serve`` reads it, from ``PUSHSVC_SECRETS`` (the first signs); ``PUSHSVC_SECRET``, which
+the bench read before, still works this release, with a warning on stderr.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
+import dataclasses
 import os
 import platform
-import resource
 import shlex
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +30,10 @@ from pushsvc.__version__ import __version__
 from pushsvc.auth import Authenticator
 from pushsvc.bench import proc, report
 from pushsvc.bench.scenarios import SCENARIOS, TRANSPORTS, Bench, Options, Phase
-from pushsvc.bench.server import (
-    ServerUnderTest,
-    attach,
-    delete_redis_prefix,
-    is_loopback,
-    spawn,
-)
+from pushsvc.bench.server import ServerUnderTest, Spawner, attach, is_loopback
 
 _SHORT = {"ws": "websocket", "poll": "long-polling", "longpoll": "long-polling"}
+DEPRECATED_SECRET_ENV = "PUSHSVC_SECRET"  # read as a fallback until the next release
 
 
 def _transports(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -62,7 +64,11 @@ def _transports(values: tuple[str, ...]) -> tuple[str, ...]:
     envvar="PUSHSVC_BENCH_REDIS_URL",
     help="Redis for --spawn redis; the run uses a key prefix of its own and deletes it.",
 )
-@click.option("--secret", envvar="PUSHSVC_SECRET", help="With --url: the token secret.")
+@click.option(
+    "--secret",
+    envvar="PUSHSVC_SECRETS",
+    help="With --url: the token secret (PUSHSVC_SECRETS, as for serve: the first signs).",
+)
 @click.option("--api-key", envvar="PUSHSVC_API_KEY", help="With --url: a publish API key.")
 @click.option("--token", envvar="PUSHSVC_TOKEN", help="With --url: a token instead of --secret.")
 @click.option("--allow-remote", is_flag=True, help="Allow a --url that is not loopback.")
@@ -126,38 +132,7 @@ def _transports(values: tuple[str, ...]) -> tuple[str, ...]:
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar (default when not a TTY).")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
-def bench(
-    scenarios: tuple[str, ...],
-    url: str | None,
-    spawn_backend: str | None,
-    redis_url: str,
-    secret: str | None,
-    api_key: str | None,
-    token: str | None,
-    allow_remote: bool,
-    transports: tuple[str, ...],
-    subscribers: int,
-    events: int,
-    rate: float,
-    duration: float,
-    latency_subscribers: int | None,
-    connections: int,
-    idle_seconds: float,
-    presence: bool,
-    channel_size: int | None,
-    token_per_connection: bool | None,
-    missed: int,
-    publishes: int,
-    batch: int,
-    publishers: int,
-    payload_bytes: int,
-    phase_timeout: float,
-    heartbeat: float,
-    no_pin: bool,
-    out_dir: Path,
-    no_progress: bool,
-    no_plots: bool,
-) -> None:
+def bench(scenarios: tuple[str, ...], **params: Any) -> None:
     """Measure a pushsvc server: SCENARIOS are fanout, latency, connections, idle (the
     transports' connections all at once), resume, publish (default: all).
 
@@ -171,155 +146,236 @@ def bench(
     Writes bench.json, bench.md and PNG plots to --out. Completeness is checked: every
     subscriber must receive every event exactly once.
     """
-    chosen = (
-        tuple(s for s in SCENARIOS if s in scenarios)
-        if scenarios and "all" not in scenarios
-        else SCENARIOS
+    run = _settings(scenarios, params)
+    run.out_dir.mkdir(parents=True, exist_ok=True)
+    proc.raise_fd_limit()
+    meta, phases = _measure(run)
+    _write_report(run, meta, phases)
+    if any(not p.complete for p in phases):
+        sys.exit(1)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One ``pushsvc bench`` invocation, checked."""
+
+    scenarios: tuple[str, ...]
+    options: Options
+    url: str | None
+    spawn_backend: str | None
+    redis_url: str
+    secret: str | None
+    api_key: str | None
+    token: str | None
+    heartbeat: float
+    pin: bool
+    out_dir: Path
+    progress: bool
+    plots: bool
+
+
+_OPTION_NAMES = tuple(f.name for f in dataclasses.fields(Options) if f.name != "transports")
+
+
+def _settings(scenarios: tuple[str, ...], params: dict[str, Any]) -> _Run:
+    """The command line's values, checked: a usage error names what is wrong."""
+    url, spawn_backend = params["url"], params["spawn_backend"]
+    secret = _secret(params["secret"]) if url is not None else params["secret"]
+    _check_target(url, spawn_backend, secret, params)
+    if spawn_backend == "redis" and not params["allow_remote"]:
+        _check_redis_loopback(params["redis_url"])
+    options = Options(
+        transports=_transports(params["transports"]),
+        **{name: params[name] for name in _OPTION_NAMES if name in params},
     )
+    return _Run(
+        scenarios=_scenarios(scenarios),
+        options=options,
+        url=url,
+        spawn_backend=spawn_backend,
+        redis_url=params["redis_url"],
+        secret=secret,
+        api_key=params["api_key"],
+        token=params["token"],
+        heartbeat=params["heartbeat"],
+        pin=not params["no_pin"],
+        out_dir=params["out_dir"],
+        progress=not params["no_progress"],
+        plots=not params["no_plots"],
+    )
+
+
+def _scenarios(given: tuple[str, ...]) -> tuple[str, ...]:
+    if not given or "all" in given:
+        return SCENARIOS
+    return tuple(s for s in SCENARIOS if s in given)
+
+
+def _secret(given: str | None) -> str | None:
+    """The token secret for ``--url``: ``--secret`` or ``PUSHSVC_SECRETS`` (comma-separated,
+    as ``pushsvc serve`` reads it: the first signs), else the deprecated ``PUSHSVC_SECRET``."""
+    if given is None:
+        old = os.environ.get(DEPRECATED_SECRET_ENV)
+        if not old:
+            return None
+        click.echo(
+            f"pushsvc bench: {DEPRECATED_SECRET_ENV} is deprecated and will be ignored in "
+            "the next release: set PUSHSVC_SECRETS (as pushsvc serve reads it)",
+            err=True,
+        )
+        return old
+    signing = given.split(",")[0].strip()
+    if not signing:
+        raise click.BadParameter("empty secret", param_hint="--secret")
+    return signing
+
+
+def _check_target(
+    url: str | None, spawn_backend: str | None, secret: str | None, params: dict[str, Any]
+) -> None:
     if (url is None) == (spawn_backend is None):
         raise click.UsageError("give exactly one of --url and --spawn memory|redis")
-    if url is not None:
-        host = url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
-        if not allow_remote and not is_loopback(host):
-            raise click.UsageError(
-                f"{url} is not a loopback address: pass --allow-remote to load a remote server"
-            )
-        if not api_key:
-            raise click.UsageError("--url needs --api-key (publishing) and --secret or --token")
-        if not (secret or token):
-            raise click.UsageError("--url needs --secret (to mint a token) or --token")
-    if spawn_backend == "redis" and not allow_remote:
-        rhost = redis_url.split("://", 1)[-1].split("/", 1)[0].rsplit("@", 1)[-1]
-        if not is_loopback(rhost.rsplit(":", 1)[0].strip("[]")):
-            raise click.UsageError(f"--redis-url {redis_url} is not loopback (--allow-remote)")
-    options = Options(
-        transports=_transports(transports),
-        subscribers=subscribers,
-        events=events,
-        rate=rate,
-        duration=duration,
-        latency_subscribers=latency_subscribers,
-        connections=connections,
-        idle_seconds=idle_seconds,
-        presence=presence,
-        channel_size=channel_size,
-        token_per_connection=token_per_connection,
-        missed=missed,
-        publishes=publishes,
-        batch=batch,
-        publishers=publishers,
-        payload_bytes=payload_bytes,
-        phase_timeout=phase_timeout,
-    )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    console = Console(stderr=True)
-    show_progress = not no_progress and console.is_terminal
-    _raise_fd_limit()
-
-    # Pinning: the server on one core, the generator on another.
-    cores = sorted(proc.affinity() or set())
-    pin_server = pin_gen = None
-    if spawn_backend is not None and not no_pin and len(cores) >= 2:
-        pin_server, pin_gen = cores[0], cores[1]
-    old_affinity = proc.affinity()
-    extra_env = {"PUSHSVC_HEARTBEAT_INTERVAL": str(heartbeat)}
-    if spawn_backend is not None:
-        extra_env["PUSHSVC_RETENTION_MAX_LEN"] = str(max(10_000, missed + 1_000))
-    log_path = out_dir / "server.log"
-    spawned: list[ServerUnderTest] = []
-    redis_prefix: list[str] = []
-
-    def start_server() -> ServerUnderTest:
-        assert spawn_backend is not None
-        for old in spawned:
-            old.stop()
-        server = spawn(
-            spawn_backend,
-            redis_url=redis_url,
-            cpu=pin_server,
-            log_path=log_path,
-            extra_env=extra_env,
-            redis_prefix=redis_prefix[0] if redis_prefix else None,
-            secret=spawned[0].secret if spawned else None,  # tokens stay valid
-            api_key=spawned[0].api_key if spawned else None,
+    if url is None:
+        return
+    host = url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
+    if not params["allow_remote"] and not is_loopback(host):
+        raise click.UsageError(
+            f"{url} is not a loopback address: pass --allow-remote to load a remote server"
         )
-        if server.redis_prefix and not redis_prefix:
-            redis_prefix.append(server.redis_prefix)
-        spawned.append(server)
-        return server
+    if not params["api_key"]:
+        raise click.UsageError("--url needs --api-key (publishing) and --secret or --token")
+    if not (secret or params["token"]):
+        raise click.UsageError("--url needs --secret (to mint a token) or --token")
 
-    if spawn_backend is not None:
-        if log_path.exists():
-            log_path.unlink()
-        server = start_server()
+
+def _check_redis_loopback(redis_url: str) -> None:
+    rhost = redis_url.split("://", 1)[-1].split("/", 1)[0].rsplit("@", 1)[-1]
+    if not is_loopback(rhost.rsplit(":", 1)[0].strip("[]")):
+        raise click.UsageError(f"--redis-url {redis_url} is not loopback (--allow-remote)")
+
+
+def _measure(run: _Run) -> tuple[dict[str, Any], list[Phase]]:
+    """Start (or reach) the server, run the scenarios, stop what was started: the run's
+    metadata and its phases."""
+    pin_server, pin_gen = _pinning(run)
+    old_affinity = proc.affinity()
+    spawner = _spawner(run, pin_server)
+    if spawner is not None:
+        server = spawner.start()
     else:
-        assert url is not None and api_key is not None
-        server = attach(url, api_key, secret)
-    mint = None
-    if server.secret is not None:
-        authenticator = Authenticator((server.secret,), ())
-
-        def mint(subject: str) -> str:
-            """A subscriber's own token: its subject, presence on every channel."""
-            return authenticator.issue(
-                subject,
-                subscribe=["*"],
-                presence=("*",),
-                info={"name": subject},
-                ttl=24 * 3600,
-            )
-
-        if token is None:
-            token = authenticator.issue(
-                "pushsvc-bench", subscribe=["*"], publish=["*"], presence=("*",), ttl=24 * 3600
-            )
-    assert token is not None
+        assert run.url is not None and run.api_key is not None  # _check_target
+        server = attach(run.url, run.api_key, run.secret)
+    token, mint = _credentials(server, run.token)
     if pin_gen is not None:
         proc.pin(0, {pin_gen})
-
-    meta: dict[str, Any] = {
-        "command": "pushsvc bench " + shlex.join(_redacted_argv(_bench_args())),
-        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "server": "spawned: python -m pushsvc serve" if spawn_backend else server.url,
-        "backend": spawn_backend or "unknown (--url)",
-        "pinning": (
-            f"server on CPU {pin_server}, generator on CPU {pin_gen}"
-            if pin_gen is not None
-            else "none"
-        ),
-        "server_local": server.local,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
-        "load_average_at_start": _loadavg(),
-        "python": platform.python_version(),
-        "pushsvc": __version__,
-        "git": _git_describe(),
-        "options": vars(options) | {"transports": list(options.transports)},
-    }
+    meta = _meta(run, server, pin_server, pin_gen)
     phases: list[Phase] = []
+    console = Console(stderr=True)
     try:
-        with _progress_ui(show_progress, console) as progress:
-            runner = Bench(
-                server,
-                token,
-                options,
-                progress=progress,
-                respawn=start_server if spawn_backend is not None else None,
-                mint=mint,
-            )
-            _run(runner, chosen, phases, console)
+        with _progress_ui(run.progress and console.is_terminal, console) as progress:
+            respawn = None if spawner is None else spawner.start
+            runner = Bench(server, token, run.options, progress, respawn=respawn, mint=mint)
+            _run(runner, run.scenarios, phases)
     finally:
-        for s in spawned:
-            s.stop()
+        if spawner is not None:
+            spawner.stop_servers()
         if old_affinity and pin_gen is not None:
             proc.pin(0, old_affinity)
-        if redis_prefix:
-            meta["redis_keys_deleted"] = delete_redis_prefix(redis_url, redis_prefix[0])
+        deleted = None if spawner is None else spawner.delete_redis_keys()
+        if deleted is not None:
+            meta["redis_keys_deleted"] = deleted
+    meta["load_average_at_end"] = report.load_average()
+    return meta, phases
 
-    meta["load_average_at_end"] = _loadavg()
+
+def _pinning(run: _Run) -> tuple[int | None, int | None]:
+    """A spawned server on one core, the generator on another (two cores at least)."""
+    cores = sorted(proc.affinity() or set())
+    if run.spawn_backend is not None and run.pin and len(cores) >= 2:
+        return cores[0], cores[1]
+    return None, None
+
+
+def _spawner(run: _Run, cpu: int | None) -> Spawner | None:
+    if run.spawn_backend is None:
+        return None
+    extra_env = {
+        "PUSHSVC_HEARTBEAT_INTERVAL": str(run.heartbeat),
+        "PUSHSVC_RETENTION_MAX_LEN": str(max(10_000, run.options.missed + 1_000)),
+    }
+    log_path = run.out_dir / "server.log"
+    if log_path.exists():
+        log_path.unlink()
+    return Spawner(
+        run.spawn_backend, redis_url=run.redis_url, cpu=cpu, log_path=log_path, extra_env=extra_env
+    )
+
+
+def _credentials(
+    server: ServerUnderTest, token: str | None
+) -> tuple[str, Callable[[str], str] | None]:
+    """The bench's token (given, or minted with the server's secret) and, when the secret
+    is known, a minter of subscribers' own tokens."""
+    if server.secret is None:
+        assert token is not None  # _check_target: --url needs --secret or --token
+        return token, None
+    authenticator = Authenticator((server.secret,), ())
+
+    def mint(subject: str) -> str:
+        """A subscriber's own token: its subject, presence on every channel."""
+        return authenticator.issue(
+            subject, subscribe=["*"], presence=("*",), info={"name": subject}, ttl=24 * 3600
+        )
+
+    if token is None:
+        token = authenticator.issue(
+            "pushsvc-bench", subscribe=["*"], publish=["*"], presence=("*",), ttl=24 * 3600
+        )
+    return token, mint
+
+
+def _meta(
+    run: _Run, server: ServerUnderTest, pin_server: int | None, pin_gen: int | None
+) -> dict[str, Any]:
+    options = run.options
+    return {
+        "command": "pushsvc bench " + shlex.join(_redacted_argv(_bench_args())),
+        "started": report.utc_now(),
+        "server": "spawned: python -m pushsvc serve" if run.spawn_backend else server.url,
+        "backend": run.spawn_backend or "unknown (--url)",
+        "pinning": report.pinning(pin_server, pin_gen),
+        "server_local": server.local,
+        "machine": report.machine(),
+        "load_average_at_start": report.load_average(),
+        "python": platform.python_version(),
+        "pushsvc": __version__,
+        "git": report.git_describe(),
+        "options": vars(options) | {"transports": list(options.transports)},
+    }
+
+
+def _run(runner: Bench, scenarios: tuple[str, ...], phases: list[Phase]) -> None:
+    """Run the scenarios' steps one after the other on the generator's event loop."""
+
+    async def main() -> None:
+        for _scenario, _transport, step in runner.plan(scenarios):
+            started = time.perf_counter()
+            phase = await step()
+            phase.elapsed = time.perf_counter() - started
+            phases.append(phase)
+
+    with asyncio.Runner(loop_factory=proc.loop_factory()) as r:
+        r.run(main())
+
+
+def _write_report(run: _Run, meta: dict[str, Any], phases: list[Phase]) -> None:
+    """bench.json, bench.md, the plots; the tables on stdout."""
+    out_dir = run.out_dir
+    log_path = out_dir / "server.log"
     if log_path.exists() and log_path.stat().st_size == 0:
         log_path.unlink()  # the server logged nothing (warnings and errors go there)
     plots: list[str] = []
-    if not no_plots:
+    if run.plots:
         try:
             plots = report.plot(out_dir, phases)
         except ImportError as exc:
@@ -336,25 +392,6 @@ def bench(
         f"wrote {out_dir / 'bench.json'}, {out_dir / 'bench.md'}"
         + "".join(f", {out_dir / p}" for p in plots)
     )
-    if any(not p.complete for p in phases):
-        sys.exit(1)
-
-
-def _run(runner: Bench, scenarios: tuple[str, ...], phases: list[Phase], console: Console) -> None:
-    async def main() -> None:
-        for _scenario, _transport, step in runner.plan(scenarios):
-            started = time.perf_counter()
-            phase = await step()
-            phase.elapsed = time.perf_counter() - started
-            phases.append(phase)
-
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=loop_factory) as r:
-        r.run(main())
 
 
 @contextlib.contextmanager
@@ -393,41 +430,6 @@ def _progress_ui(enabled: bool, console: Console) -> Any:
 
     with progress:
         yield track
-
-
-def _raise_fd_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(
-                resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard)
-            )
-
-
-def _git_describe() -> str | None:
-    """The commit of the pushsvc source tree the server runs from (dirty: local edits)."""
-    import subprocess
-
-    root = Path(__file__).resolve().parents[2]
-    if not (root / ".git").exists():
-        return None
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(root), "describe", "--always", "--dirty"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None
-
-
-def _loadavg() -> str | None:
-    """The machine's 1/5/15-minute load averages: other work skews the figures."""
-    with contextlib.suppress(OSError):
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    return None
 
 
 def _bench_args() -> list[str]:

@@ -6,12 +6,18 @@
 - Memory: ``VmRSS`` from ``/proc/<pid>/status``.
 - The server behind a loopback ``--url``: the processes holding the listening socket
   (``/proc/net/tcp*`` for its inode, then ``/proc/*/fd``; needs the rights to read them).
+
+And the generator's own process: its file descriptor limit (``raise_fd_limit``), its event
+loop (``loop_factory``: uvloop when installed), its CPU affinity (``pin``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import resource
+from collections.abc import Callable
 from pathlib import Path
 
 PROC = Path("/proc")
@@ -185,3 +191,24 @@ def affinity(pid: int = 0) -> set[int] | None:
     except OSError:
         return None
     return cpus
+
+
+def raise_fd_limit() -> None:
+    """Raise this process's open-file limit to its hard limit (processes it starts
+    inherit it): thousands of connections need as many descriptors."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(
+                resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard)
+            )
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The generator's event loop for ``asyncio.Runner``: uvloop's when installed (a
+    cheaper generator), else None (asyncio's default)."""
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        return uvloop.new_event_loop
+    return None

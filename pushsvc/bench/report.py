@@ -4,13 +4,24 @@
 
 matplotlib is imported only here and only when plotting (the ``bench`` extra); without it
 the plots are skipped and the report says so.
+
+The public functions beside ``markdown``, ``write_json``, ``print_table`` and ``plot`` are
+the building blocks other reports of the same runs use (``benchmarks/peers/compare.py``):
+the run's metadata (``git_describe``, ``load_average``, ``machine``, ``pinning``,
+``utc_now``) and Markdown pieces (``rows``, ``markdown_table``, ``meta_lines``,
+``saturated_sentence``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import math
-from collections.abc import Sequence
+import os
+import platform
+import subprocess
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -142,69 +153,138 @@ def write_json(path: Path, meta: dict[str, Any], phases: Sequence[Phase]) -> Non
     path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
 
 
-def markdown(meta: dict[str, Any], phases: Sequence[Phase], plots: Sequence[str]) -> str:
-    out = ["# pushsvc bench", ""]
-    out.append(f"- command: `{meta.get('command', '')}`")
-    keys = ("started", "server", "backend", "pinning", "machine", "python", "pushsvc", "git")
-    for key in (*keys, "load_average_at_start", "load_average_at_end"):
-        if meta.get(key) is not None:
-            out.append(f"- {key}: {meta[key]}")
-    out.append("")
-    out.append(
-        "*lost*: events a subscriber had not received when its phase ended (a subscriber "
-        "that stopped early counts everything it missed); *dup*: events received twice; "
-        "*server CPU* and *generator CPU*: fraction of one core over the measured part; "
-        "latencies are publish (the event ID's time) to receive, 1 ms resolution."
-    )
-    out.append("")
-    for scenario in COLUMNS:
-        head, body = rows(phases, scenario)
-        if not body:
-            continue
-        out.append(f"## {scenario}")
-        out.append("")
-        params = next(p.params for p in phases if p.scenario == scenario)
-        out.append("parameters: " + ", ".join(f"{k} = {v}" for k, v in params.items()))
-        out.append("")
-        out.append("| " + " | ".join(head) + " |")
-        out.append("|" + "---|" * len(head))
-        out.extend("| " + " | ".join(row) + " |" for row in body)
-        out.extend(_idle_details(phases, scenario))
-        notes = [f"{p.transport}: {n}" for p in phases if p.scenario == scenario for n in p.notes]
-        if notes:
-            out.append("")
-            out.extend(f"- {n}" for n in notes)
-        out.append("")
-    saturated = [p for p in phases if p.saturated]
-    out.append("## Load generator")
-    out.append("")
-    if saturated:
-        names = ", ".join(f"{p.scenario}/{p.transport}" for p in saturated)
-        out.append(
-            f"**The generator was saturated** (above {SATURATED:.0%} of a core) in: {names}. "
-            "Those figures may be limited by the generator rather than the server."
+# --- the run's metadata ----------------------------------------------------------------------
+
+
+def git_describe() -> str | None:
+    """The commit of the pushsvc source tree the server runs from (dirty: local edits)."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=5,
         )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def load_average() -> str | None:
+    """The machine's 1/5/15-minute load averages: other work skews the figures."""
+    with contextlib.suppress(OSError):
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return None
+
+
+def machine() -> str:
+    """Architecture, CPU count and platform, as the reports state them."""
+    return f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}"
+
+
+def pinning(server_cpu: int | None, generator_cpu: int | None) -> str:
+    """How the run pinned server and generator ("none" when the generator was not)."""
+    if generator_cpu is None:
+        return "none"
+    return f"server on CPU {server_cpu}, generator on CPU {generator_cpu}"
+
+
+def utc_now() -> str:
+    """Now, to the second, as the reports' ``started``/``finished``."""
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+# --- Markdown ----------------------------------------------------------------------------------
+
+
+def markdown_table(head: Sequence[str], body: Iterable[Sequence[str]]) -> list[str]:
+    """A Markdown table's lines."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines.extend("| " + " | ".join(row) + " |" for row in body)
+    return lines
+
+
+def meta_lines(meta: dict[str, Any], keys: Iterable[str]) -> list[str]:
+    """``- key: value`` for each of ``keys`` that ``meta`` has (and is not None)."""
+    return [f"- {key}: {meta[key]}" for key in keys if meta.get(key) is not None]
+
+
+def saturated_sentence(names: Sequence[str]) -> str:
+    """The warning for phases where the generator was saturated (``names``: which)."""
+    return (
+        f"**The generator was saturated** (above {SATURATED:.0%} of a core) in: "
+        + ", ".join(names)
+        + ". Those figures may be limited by the generator rather than the server."
+    )
+
+
+def markdown(meta: dict[str, Any], phases: Sequence[Phase], plots: Sequence[str]) -> str:
+    """``bench.md``: the run, a section per scenario, the generator's load, the plots."""
+    out = ["# pushsvc bench", "", f"- command: `{meta.get('command', '')}`"]
+    keys = ("started", "server", "backend", "pinning", "machine", "python", "pushsvc", "git")
+    out += meta_lines(meta, (*keys, "load_average_at_start", "load_average_at_end"))
+    out += ["", _GLOSSARY, ""]
+    for scenario in COLUMNS:
+        out += _scenario_section(phases, scenario)
+    out += _generator_section(phases)
+    out += _plots_section(meta, plots)
+    return "\n".join(out) + "\n"
+
+
+_GLOSSARY = (
+    "*lost*: events a subscriber had not received when its phase ended (a subscriber "
+    "that stopped early counts everything it missed); *dup*: events received twice; "
+    "*server CPU* and *generator CPU*: fraction of one core over the measured part; "
+    "latencies are publish (the event ID's time) to receive, 1 ms resolution."
+)
+
+
+def _scenario_section(phases: Sequence[Phase], scenario: str) -> list[str]:
+    head, body = rows(phases, scenario)
+    if not body:
+        return []
+    params = next(p.params for p in phases if p.scenario == scenario)
+    out = [f"## {scenario}", ""]
+    out += ["parameters: " + ", ".join(f"{k} = {v}" for k, v in params.items()), ""]
+    out += markdown_table(head, body)
+    out += _idle_details(phases, scenario)
+    notes = [f"{p.transport}: {n}" for p in phases if p.scenario == scenario for n in p.notes]
+    if notes:
+        out.append("")
+        out.extend(f"- {n}" for n in notes)
+    out.append("")
+    return out
+
+
+def _generator_section(phases: Sequence[Phase]) -> list[str]:
+    out = ["## Load generator", ""]
+    saturated = [f"{p.scenario}/{p.transport}" for p in phases if p.saturated]
+    if saturated:
+        out.append(saturated_sentence(saturated))
     else:
         out.append(
             f"The generator stayed below {SATURATED:.0%} of a core in every phase "
             "(column *generator CPU*)."
         )
-    incomplete = [p for p in phases if not p.complete]
+    incomplete = [f"{p.scenario}/{p.transport}" for p in phases if not p.complete]
     out.append("")
     if incomplete:
-        names = ", ".join(f"{p.scenario}/{p.transport}" for p in incomplete)
+        names = ", ".join(incomplete)
         out.append(f"**Incomplete phases**: {names} (see lost / duplicated / notes).")
     else:
         out.append("Every phase was complete: no event lost or duplicated.")
+    return out
+
+
+def _plots_section(meta: dict[str, Any], plots: Sequence[str]) -> list[str]:
     if plots:
-        out.append("")
-        out.append("## Plots")
-        out.append("")
-        out.extend(f"![{name}]({name})" for name in plots)
-    elif meta.get("plots_skipped"):
-        out.append("")
-        out.append(f"Plots skipped: {meta['plots_skipped']}")
-    return "\n".join(out) + "\n"
+        return ["", "## Plots", "", *(f"![{name}]({name})" for name in plots)]
+    if meta.get("plots_skipped"):
+        return ["", f"Plots skipped: {meta['plots_skipped']}"]
+    return []
 
 
 def _rates(rates: dict[str, float], top: int = 8) -> str:

@@ -161,6 +161,63 @@ def spawn(
     raise RuntimeError("the server did not become ready within 20 s")
 
 
+class Spawner:
+    """``spawn`` for a whole run: each ``start`` stops the server started before and
+    starts a fresh one (the idle scenarios want a fresh process) with the first one's
+    secret, API key and Redis key prefix, so that tokens stay valid and ``stop`` deletes
+    one prefix at the end."""
+
+    def __init__(
+        self,
+        backend: str,
+        *,
+        redis_url: str,
+        cpu: int | None,
+        log_path: Path | None,
+        extra_env: dict[str, str],
+        redis_prefix: str | None = None,
+    ) -> None:
+        self.backend = backend
+        self.redis_url = redis_url
+        self.cpu = cpu
+        self.log_path = log_path
+        self.extra_env = extra_env
+        self.redis_prefix = redis_prefix
+        self.first: ServerUnderTest | None = None
+        self.started: list[ServerUnderTest] = []
+
+    def start(self) -> ServerUnderTest:
+        self.stop_servers()
+        first = self.first
+        server = spawn(
+            self.backend,
+            redis_url=self.redis_url,
+            cpu=self.cpu,
+            log_path=self.log_path,
+            extra_env=self.extra_env,
+            redis_prefix=self.redis_prefix,
+            secret=None if first is None else first.secret,  # tokens stay valid
+            api_key=None if first is None else first.api_key,
+        )
+        if server.redis_prefix and not self.redis_prefix:
+            self.redis_prefix = server.redis_prefix
+        if first is None:
+            self.first = server
+        self.started.append(server)
+        return server
+
+    def stop_servers(self) -> None:
+        for server in self.started:
+            server.stop()
+        self.started = []
+
+    def delete_redis_keys(self) -> int | None:
+        """Delete the run's Redis keys (their count); None when the run used none."""
+        if not self.redis_prefix:
+            return None
+        return delete_redis_prefix(self.redis_url, self.redis_prefix)
+
+
 def spawn_command(
     cmd: list[str],
     port: int,
