@@ -19,7 +19,8 @@ from pushsvc.protocol import cursor as cursor_codec
 from pushsvc.protocol.events import dump_json
 from pushsvc.protocol.ids import format_id, parse_id
 from pushsvc.protocol.names import check_channel, check_channels, check_event_name
-from pushsvc.transports._common import limit_publish, positions_from, state
+from pushsvc.transports.admission import limit_publish, positions_from
+from pushsvc.transports.asgi import state
 
 TRANSPORTS = ("websocket", "sse", "long-polling")
 

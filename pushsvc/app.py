@@ -28,12 +28,12 @@ from pushsvc.auth import Authenticator
 from pushsvc.backends import Retention, open_backend
 from pushsvc.exceptions import PushError
 from pushsvc.hub import Hub
-from pushsvc.limits import RateLimiter
 from pushsvc.logs import install_redaction
 from pushsvc.metrics import Metrics, metrics_endpoint
 from pushsvc.problems import http_error_handler, push_error_handler, unexpected_error_handler
+from pushsvc.ratelimit import RateLimiter
 from pushsvc.settings import Settings
-from pushsvc.transports._common import serve_endpoint
+from pushsvc.transports.asgi import serve_endpoint
 from pushsvc.transports.longpoll import PollTransport, serve_poll
 from pushsvc.transports.sse import sse_endpoint
 from pushsvc.transports.websocket import WebSocketTransport, serve_websocket

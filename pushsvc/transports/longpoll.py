@@ -28,7 +28,8 @@ from pushsvc.problems import internal_error_response, problem_response
 from pushsvc.protocol import frames
 from pushsvc.protocol.wires import PollWire
 from pushsvc.session import Session
-from pushsvc.transports._common import ScopeHeaders, open_request, query_from, state
+from pushsvc.transports.admission import open_request
+from pushsvc.transports.asgi import ScopeHeaders, query_from, state
 
 log = logging.getLogger("pushsvc.poll")
 

@@ -26,7 +26,8 @@ from starlette.types import Message, Receive, Scope, Send
 from pushsvc.protocol import codes, frames
 from pushsvc.protocol.wires import Frame, SSEWire
 from pushsvc.session import Session
-from pushsvc.transports._common import Opening, open_request, state
+from pushsvc.transports.admission import Opening, open_request
+from pushsvc.transports.asgi import state
 from pushsvc.writer import Writer
 
 log = logging.getLogger("pushsvc.sse")

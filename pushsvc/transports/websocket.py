@@ -41,7 +41,8 @@ from pushsvc.protocol.presence import client_conn_id
 from pushsvc.protocol.wires import Frame, WebSocketWire
 from pushsvc.session import Session
 from pushsvc.settings import Settings
-from pushsvc.transports._common import check_origin, limit_publish, positions_from, state
+from pushsvc.transports.admission import check_origin, limit_publish, positions_from
+from pushsvc.transports.asgi import state
 from pushsvc.writer import Writer
 
 log = logging.getLogger("pushsvc.ws")
