@@ -120,6 +120,17 @@ def _round(value: float | None, digits: int = 4) -> float | None:
     return None if value is None else round(value, digits)
 
 
+@dataclass
+class Audience:
+    """fanout, latency: the subscribers on one channel and what they share: the
+    publish->receive latencies and the event set once each one has every event."""
+
+    channel: str
+    subs: list[Subscriber]
+    latencies: array[float]
+    all_done: asyncio.Event
+
+
 class Meter:
     """Wall time, the generator's CPU and the server's CPU over one measured part."""
 
@@ -333,17 +344,14 @@ class Bench:
         events = after[key_e] - before.get(key_e, 0.0)
         return round(events / writes, 3) if writes else None
 
-    # --- fanout ----------------------------------------------------------------------------
-
-    async def fanout(self, transport: str) -> Phase:
-        o = self.o
-        n, k = o.subscribers, o.events
-        phase = Phase("fanout", transport, {"subscribers": n, "events": k})
-        if o.fanout_inflight > 1:
-            phase.params["publishes_in_flight"] = o.fanout_inflight
-        channel = self.channel("fanout", transport)
+    async def _audience(self, phase: Phase, transport: str, n: int, events: int) -> Audience:
+        """fanout, latency: ``n`` subscribers of ``transport`` on the phase's channel, each
+        waiting for ``events`` events, settled; a failed connection makes the phase
+        incomplete."""
+        channel = self.channel(phase.scenario, transport)
         latencies: array[float] = array("d")
         all_done = asyncio.Event()
+        subs: list[Subscriber] = []
         finished = 0
 
         def reached(_: Tally) -> None:
@@ -352,11 +360,43 @@ class Bench:
             if finished >= len(subs):
                 all_done.set()
 
-        subs, failed = await self.open_subscribers(transport, n, channel, k, latencies, reached)
+        opened, failed = await self.open_subscribers(
+            transport, n, channel, events, latencies, reached
+        )
+        subs += opened
         if failed:
             phase.notes.append(f"{failed} of {n} subscribers failed to connect")
             phase.complete = False
-        await asyncio.sleep(o.settle)
+        if not subs:
+            all_done.set()  # nobody to wait for
+        await asyncio.sleep(self.o.settle)
+        return Audience(channel, subs, latencies, all_done)
+
+    async def _audience_verdict(
+        self, phase: Phase, audience: Audience, events: int, ok: bool, meter: Meter
+    ) -> tuple[int, int]:
+        """Close the subscribers; the events they lost and got twice (answered), the
+        phase's CPU figures and whether it was complete."""
+        subs = audience.subs
+        await self.close_all(subs)
+        phase.notes += subscriber_notes(subs)
+        lost = sum(max(0, events - s.tally.count) for s in subs)
+        dups = sum(s.tally.dups for s in subs)
+        meter.fill(phase)
+        phase.timed_out = not ok
+        phase.complete = phase.complete and ok and lost == 0 and dups == 0
+        return lost, dups
+
+    # --- fanout ----------------------------------------------------------------------------
+
+    async def fanout(self, transport: str) -> Phase:
+        o = self.o
+        n, k = o.subscribers, o.events
+        phase = Phase("fanout", transport, {"subscribers": n, "events": k})
+        if o.fanout_inflight > 1:
+            phase.params["publishes_in_flight"] = o.fanout_inflight
+        audience = await self._audience(phase, transport, n, k)
+        channel, subs, latencies = audience.channel, audience.subs, audience.latencies
         pubs = [await Publisher(self.target).open() for _ in range(max(1, o.fanout_inflight))]
         before = self.scrape()
         meter = Meter(self.server)
@@ -374,21 +414,13 @@ class Bench:
 
         async with self.progress(f"{transport}: fanout deliveries", len(subs) * k, received):
             await asyncio.gather(*(publish_in_turn(p) for p in pubs))
-            if not subs:
-                all_done.set()
-            ok = await self.wait_until(all_done, deadline)
+            ok = await self.wait_until(audience.all_done, deadline)
             meter.stop()
         after = self.scrape()
         for p in pubs:
             p.close()
-        await self.close_all(subs)
-        phase.notes += subscriber_notes(subs)
+        lost, dups = await self._audience_verdict(phase, audience, k, ok, meter)
         delivered = sum(s.tally.count for s in subs)
-        dups = sum(s.tally.dups for s in subs)
-        lost = sum(max(0, k - s.tally.count) for s in subs)
-        meter.fill(phase)
-        phase.timed_out = not ok
-        phase.complete = phase.complete and ok and lost == 0 and dups == 0
         rejected = sum(p.rejected for p in pubs)
         if rejected:
             phase.notes.append(f"{rejected} publishes were refused")
@@ -424,22 +456,8 @@ class Bench:
             transport,
             {"subscribers": n, "rate_per_s": o.rate, "duration_s": o.duration, "events": total},
         )
-        channel = self.channel("latency", transport)
-        latencies: array[float] = array("d")
-        all_done = asyncio.Event()
-        finished = 0
-
-        def reached(_: Tally) -> None:
-            nonlocal finished
-            finished += 1
-            if finished >= len(subs):
-                all_done.set()
-
-        subs, failed = await self.open_subscribers(transport, n, channel, total, latencies, reached)
-        if failed:
-            phase.notes.append(f"{failed} of {n} subscribers failed to connect")
-            phase.complete = False
-        await asyncio.sleep(o.settle)
+        audience = await self._audience(phase, transport, n, total)
+        channel, subs, latencies = audience.channel, audience.subs, audience.latencies
         pool = [await Publisher(self.target).open() for _ in range(max(1, o.publishers))]
         free: asyncio.Queue[Publisher] = asyncio.Queue()
         for p in pool:
@@ -468,19 +486,11 @@ class Bench:
                 task = asyncio.create_task(publish_one(i))
                 tasks.add(task)
             await asyncio.gather(*tasks, return_exceptions=True)
-            if not subs:
-                all_done.set()
-            ok = await self.wait_until(all_done, deadline)
+            ok = await self.wait_until(audience.all_done, deadline)
             meter.stop()
         for p in pool:
             p.close()
-        await self.close_all(subs)
-        phase.notes += subscriber_notes(subs)
-        lost = sum(max(0, total - s.tally.count) for s in subs)
-        dups = sum(s.tally.dups for s in subs)
-        meter.fill(phase)
-        phase.timed_out = not ok
-        phase.complete = phase.complete and ok and lost == 0 and dups == 0
+        lost, dups = await self._audience_verdict(phase, audience, total, ok, meter)
         if late:
             phase.notes.append(f"{late} publishes left more than 10 ms behind schedule")
         phase.figures = {
