@@ -561,41 +561,15 @@ class Bench:
         """Open the connections, hold them idle, and measure RSS per connection and the
         server's CPU while idle (heartbeats only)."""
         o = self.o
-        c = o.connections
         if self.respawn is not None:
             self.server = self.respawn()  # fresh process: RSS deltas are this phase's
         channel = self.channel(phase.scenario, phase.transport)
-        presence = self.presence
-        size = self.channel_size
         deadline = time.monotonic() + o.phase_timeout
-        # warm up: first connections import and allocate what every later one shares
-        for transport in transports:
-            warm, _ = await self.open_subscribers(
-                transport, 20, f"{channel}-{transport}-warm", 0, None, presence=presence
-            )
-            await self.close_all(warm)
-        await asyncio.sleep(o.settle)
+        await self._warm_up(channel, transports)
         rss0 = self.server.rss_bytes()
-        subs: list[Subscriber] = []
-        failed = 0
-        names: set[str] = set()
-        for i, transport in enumerate(transports):
-            n = c // len(transports) + (1 if i < c % len(transports) else 0)
-            base = f"{channel}-{transport}"
-            chans = None if size is None else self._spread(base, size)
-            tokens = self._tokens(base) if self.token_per_connection else None
-            opened, f = await self.open_subscribers(
-                transport, n, base, 0, None, channels=chans, tokens=tokens, presence=presence
-            )
-            subs += opened
-            failed += f
-            names.update(s.channel for s in opened)
-        phase.figures["channels"] = len(names)
-        if failed:
-            phase.notes.append(f"{failed} of {c} connections failed")
-            phase.complete = False
-        await asyncio.sleep(max(o.settle, min(1.0, c / 1000)))
-        if presence:
+        subs = await self._open_idle(phase, channel, transports)
+        await asyncio.sleep(max(o.settle, min(1.0, o.connections / 1000)))
+        if self.presence:
             await self._presence_quiet(subs, phase, deadline)
         rss1 = self.server.rss_bytes()
         frames0 = sum(s.tally.presence_frames for s in subs)
@@ -620,47 +594,50 @@ class Bench:
         if alive < len(subs):
             phase.notes.append(f"{len(subs) - alive} connections were closed while idle")
             phase.complete = False
-        per_conn = None
-        if rss0 is not None and rss1 is not None and subs:
-            per_conn = round((rss1 - rss0) / len(subs) / 1024, 2)
-        phase.figures |= {
-            "connections_open": len(subs),
-            "still_open_after_idle": alive,
-            "server_rss_before_mib": None if rss0 is None else round(rss0 / 2**20, 2),
-            "server_rss_after_mib": None if rss1 is None else round(rss1 / 2**20, 2),
-            "server_rss_kib_per_connection": per_conn,
-            "server_idle_cpu_percent": (
-                None if phase.server_cpu is None else round(phase.server_cpu * 100, 3)
-            ),
-        }
-        if presence:
-            phase.figures |= {
-                "presence_snapshots": sum(s.tally.presence for s in subs),
-                "presence_joins": sum(s.tally.joins for s in subs),
-                "presence_leaves": sum(s.tally.leaves for s in subs),
-                "presence_frames_while_idle": frames1 - frames0,
-            }
-            without = sum(1 for s in subs if not s.tally.presence)
-            if without:
-                phase.notes.append(f"{without} subscribers received no presence snapshot")
-                phase.complete = False
+        phase.figures |= _idle_figures(phase, subs, alive, rss0, rss1)
+        if self.presence:
+            _presence_figures(phase, subs, frames1 - frames0)
         phase.figures |= self._backend_figures(before, after, meter.wall)
         if redis0 is not None and redis1 is not None:
-            rates = redis1.since(redis0)
-            phase.figures |= {
-                "redis_commands_per_s": rates["commands_per_s"],
-                "redis_script_calls_per_s": rates["script_calls_per_s"],
-                "redis_cpu_percent": rates["cpu_percent"],
-                "redis_calls_per_s": rates["calls_per_s"],
-                "redis_usec_per_s": rates["usec_per_s"],
-                "redis_other_clients": rates["other_clients"],
-            }
-            if rates["other_clients_active"]:
-                phase.notes.append(
-                    f"{rates['other_clients_active']} other Redis clients sent commands "
-                    "during the idle window: the Redis figures count theirs too"
-                )
+            _redis_figures(phase, redis1.since(redis0))
         return phase
+
+    async def _warm_up(self, channel: str, transports: list[str]) -> None:
+        """A few connections per transport, closed: the first ones import and allocate
+        what every later one shares, which is not a connection's cost."""
+        for transport in transports:
+            warm, _ = await self.open_subscribers(
+                transport, 20, f"{channel}-{transport}-warm", 0, None, presence=self.presence
+            )
+            await self.close_all(warm)
+        await asyncio.sleep(self.o.settle)
+
+    async def _open_idle(
+        self, phase: Phase, channel: str, transports: list[str]
+    ) -> list[Subscriber]:
+        """``--connections`` subscribers split evenly over ``transports``, on channels of
+        ``channel_size``, with their own tokens when ``token_per_connection``."""
+        c = self.o.connections
+        size = self.channel_size
+        subs: list[Subscriber] = []
+        failed = 0
+        names: set[str] = set()
+        for i, transport in enumerate(transports):
+            n = c // len(transports) + (1 if i < c % len(transports) else 0)
+            base = f"{channel}-{transport}"
+            chans = None if size is None else self._spread(base, size)
+            tokens = self._tokens(base) if self.token_per_connection else None
+            opened, f = await self.open_subscribers(
+                transport, n, base, 0, None, channels=chans, tokens=tokens, presence=self.presence
+            )
+            subs += opened
+            failed += f
+            names.update(s.channel for s in opened)
+        phase.figures["channels"] = len(names)
+        if failed:
+            phase.notes.append(f"{failed} of {c} connections failed")
+            phase.complete = False
+        return subs
 
     @staticmethod
     def _spread(base: str, size: int) -> Callable[[int], str]:
@@ -863,6 +840,56 @@ class Bench:
                 run = runners[scenario]
                 steps.append((scenario, transport, lambda run=run, t=transport: run(t)))  # type: ignore[misc]
         return steps
+
+
+def _idle_figures(
+    phase: Phase, subs: list[Subscriber], alive: int, rss0: int | None, rss1: int | None
+) -> dict[str, Any]:
+    """The idle window's connections, the server's RSS growth per connection and its CPU."""
+    per_conn = None
+    if rss0 is not None and rss1 is not None and subs:
+        per_conn = round((rss1 - rss0) / len(subs) / 1024, 2)
+    return {
+        "connections_open": len(subs),
+        "still_open_after_idle": alive,
+        "server_rss_before_mib": None if rss0 is None else round(rss0 / 2**20, 2),
+        "server_rss_after_mib": None if rss1 is None else round(rss1 / 2**20, 2),
+        "server_rss_kib_per_connection": per_conn,
+        "server_idle_cpu_percent": (
+            None if phase.server_cpu is None else round(phase.server_cpu * 100, 3)
+        ),
+    }
+
+
+def _presence_figures(phase: Phase, subs: list[Subscriber], while_idle: int) -> None:
+    """Presence frames received; a subscriber without its snapshot makes it incomplete."""
+    phase.figures |= {
+        "presence_snapshots": sum(s.tally.presence for s in subs),
+        "presence_joins": sum(s.tally.joins for s in subs),
+        "presence_leaves": sum(s.tally.leaves for s in subs),
+        "presence_frames_while_idle": while_idle,
+    }
+    without = sum(1 for s in subs if not s.tally.presence)
+    if without:
+        phase.notes.append(f"{without} subscribers received no presence snapshot")
+        phase.complete = False
+
+
+def _redis_figures(phase: Phase, rates: dict[str, Any]) -> None:
+    """What Redis processed over the idle window (``RedisStats.since``)."""
+    phase.figures |= {
+        "redis_commands_per_s": rates["commands_per_s"],
+        "redis_script_calls_per_s": rates["script_calls_per_s"],
+        "redis_cpu_percent": rates["cpu_percent"],
+        "redis_calls_per_s": rates["calls_per_s"],
+        "redis_usec_per_s": rates["usec_per_s"],
+        "redis_other_clients": rates["other_clients"],
+    }
+    if rates["other_clients_active"]:
+        phase.notes.append(
+            f"{rates['other_clients_active']} other Redis clients sent commands "
+            "during the idle window: the Redis figures count theirs too"
+        )
 
 
 def subscriber_notes(subs: list[Subscriber]) -> list[str]:
