@@ -18,7 +18,7 @@ from pushsvc.protocol import client_frames, frames
 from pushsvc.protocol import cursor as cursor_codec
 from pushsvc.protocol.events import dump_json
 from pushsvc.protocol.ids import format_id, parse_id
-from pushsvc.protocol.names import check_channel, check_channels, check_event_name
+from pushsvc.protocol.names import check_channel, check_channels
 from pushsvc.transports.admission import limit_publish, positions_from
 from pushsvc.transports.asgi import state
 
@@ -43,30 +43,17 @@ async def read_json(request: Request, limit: int, *, optional: bool = False) -> 
         raise BadRequest("body is not valid JSON") from exc
 
 
-def _message(obj: Any, settings: Any) -> Message:
-    if not isinstance(obj, dict):
-        raise BadRequest("a message must be a JSON object")
-    channel = check_channel(obj.get("channel"), settings.max_channel_length)
-    name = check_event_name(obj.get("event"), settings.max_event_name_length)
-    if "data_b64" in obj:
-        data, binary = client_frames.decode_b64(obj["data_b64"]), True
-    elif "data" in obj:
-        data, binary = dump_json(obj["data"]), False
-    else:
-        raise BadRequest("a message needs data (any JSON value) or data_b64 (base64)")
-    if len(data) > settings.max_publish_bytes:
-        raise PayloadTooLarge(f"message data over {settings.max_publish_bytes} bytes")
-    key = obj.get("idempotency_key")
-    if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 128):
-        raise BadRequest("idempotency_key must be a string of 1 to 128 characters")
-    return Message(channel, name, data, binary, key)
+def _message(obj: Any, limits: client_frames.Limits) -> Message:
+    """One message of a publish body: validated as the WebSocket validates a publish."""
+    p = client_frames.parse_publish(obj, limits, key="idempotency_key")
+    return Message(p.channel, p.event, p.data, p.binary, p.id)
 
 
 async def publish(request: Request) -> Response:
     settings, hub, auth = state(request.scope)
     principal = auth.verify(credential_from(request.headers, request.query_params))
-    limit = settings.max_publish_bytes * settings.max_batch_messages + 4096
-    body = await read_json(request, limit)
+    limits = client_frames.limits_from(settings)
+    body = await read_json(request, settings.max_publish_bytes * settings.max_batch_messages + 4096)
     batch = isinstance(body, dict) and "messages" in body
     if batch:
         raw = body["messages"]
@@ -74,9 +61,9 @@ async def publish(request: Request) -> Response:
             raise BadRequest("messages must be a non-empty list")
         if len(raw) > settings.max_batch_messages:
             raise PayloadTooLarge(f"at most {settings.max_batch_messages} messages per batch")
-        messages = [_message(m, settings) for m in raw]
+        messages = [_message(m, limits) for m in raw]
     else:
-        messages = [_message(body, settings)]
+        messages = [_message(body, limits)]
     for m in messages:
         principal.check_publish(m.channel)
     limit_publish(request.scope, principal, len(messages))

@@ -108,6 +108,31 @@ def test_malformed_publish_is_a_400(server: Server, body: bytes) -> None:
     assert_problem(r, 400)
 
 
+@pytest.mark.parametrize(
+    ("message", "status", "close_code"),
+    [
+        ({"channel": "has space", "data": 1}, 400, codes.WS_4400_BAD_REQUEST),
+        ({"channel": "a", "event": "a b", "data": 1}, 400, codes.WS_4400_BAD_REQUEST),
+        ({"channel": "a"}, 400, codes.WS_4400_BAD_REQUEST),
+        ({"channel": "a", "data_b64": "%%%"}, 400, codes.WS_4400_BAD_REQUEST),
+        ({"channel": "a", "data": "x" * 2000}, 413, codes.WS_1009_MESSAGE_TOO_BIG),
+    ],
+)
+async def test_a_bad_publish_gets_the_same_answer_over_http_and_websocket(
+    server_factory: Any, message: dict[str, Any], status: int, close_code: int
+) -> None:
+    server: Server = server_factory(max_publish_bytes=1024)
+    r = httpx.post(server.url + "/v1/publish", json=message, headers=server.api_headers)
+    detail = assert_problem(r, status)["detail"]
+    frame = json.dumps({"type": "publish", "id": "m1", **message})
+    async with websockets.connect(f"{server.ws_url}/v1/ws?token={server.token()}") as ws:
+        await ws.send(frame)
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 5)
+    assert closed.value.rcvd is not None
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (close_code, detail)
+
+
 def test_credentials_are_checked_before_any_stream_starts(server: Server) -> None:
     for path in ("/v1/sse", "/v1/poll"):
         assert_problem(httpx.get(server.url + path, params={"channel": "a"}), 401)

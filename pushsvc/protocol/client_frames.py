@@ -1,4 +1,6 @@
-"""Parsing and validation of client-to-server WebSocket frames. No I/O.
+"""Parsing and validation of what clients send: WebSocket frames, and the publish that
+``POST /v1/publish`` and the WebSocket share (``parse_publish``: the same checks, limits,
+messages and error types on both). No I/O.
 
 Client frames (JSON objects):
 
@@ -12,15 +14,19 @@ Client frames (JSON objects):
 
 A binary client frame is a publish: a JSON header (as above, without data), a newline,
 then the raw payload.
+
+An HTTP publish is the same object without ``type``, with an optional
+``idempotency_key`` in place of the WebSocket's required ``id``.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pushsvc.exceptions import BadRequest, PayloadTooLarge
 from pushsvc.protocol.events import dump_json
@@ -34,6 +40,29 @@ class Limits:
     max_channel_length: int = 128
     max_event_name_length: int = 64
     max_payload_bytes: int = 64 * 1024
+
+
+class LimitSettings(Protocol):
+    """The settings the limits come from (``pushsvc.settings.Settings``)."""
+
+    @property
+    def max_channels_per_session(self) -> int: ...
+    @property
+    def max_channel_length(self) -> int: ...
+    @property
+    def max_event_name_length(self) -> int: ...
+    @property
+    def max_publish_bytes(self) -> int: ...
+
+
+@functools.lru_cache(maxsize=16)
+def limits_from(settings: LimitSettings) -> Limits:
+    return Limits(
+        max_channels=settings.max_channels_per_session,
+        max_channel_length=settings.max_channel_length,
+        max_event_name_length=settings.max_event_name_length,
+        max_payload_bytes=settings.max_publish_bytes,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +80,7 @@ class Unsubscribe:
 
 @dataclass(frozen=True, slots=True)
 class Publish:
-    id: str
+    id: str | None  # WebSocket: the client message id; HTTP: the idempotency_key, if any
     channel: str
     event: str
     data: bytes
@@ -89,9 +118,7 @@ def parse_binary(raw: bytes, limits: Limits) -> Frame:
         raise BadRequest("binary frame header is not valid JSON") from exc
     if not isinstance(obj, dict) or obj.get("type") != "publish":
         raise BadRequest("a binary frame must be a publish")
-    if "data" in obj or "data_b64" in obj:
-        raise BadRequest("a binary publish carries its payload after the header")
-    return _publish(obj, payload, True, limits)
+    return parse_publish(obj, limits, key="id", payload=payload)
 
 
 def parse_object(obj: Any, limits: Limits) -> Frame:
@@ -117,11 +144,7 @@ def parse_object(obj: Any, limits: Limits) -> Frame:
             check_channels(obj.get("channels"), limits.max_channels, limits.max_channel_length)
         )
     if kind == "publish":
-        if "data_b64" in obj:
-            return _publish(obj, decode_b64(obj["data_b64"]), True, limits)
-        if "data" not in obj:
-            raise BadRequest("publish needs data (any JSON value) or data_b64")
-        return _publish(obj, dump_json(obj["data"]), False, limits)
+        return parse_publish(obj, limits, key="id")
     if kind == "ping":
         return Ping(obj.get("id"))
     if kind == "refresh":
@@ -141,16 +164,38 @@ def decode_b64(value: Any) -> bytes:
         raise BadRequest("data_b64 is not valid base64") from exc
 
 
-def _publish(obj: dict[str, Any], data: bytes, binary: bool, limits: Limits) -> Publish:
-    msg_id = obj.get("id")
-    if not isinstance(msg_id, str) or not 0 < len(msg_id) <= 128:
-        raise BadRequest("publish needs an id (client message id, 1-128 characters)")
+# the member that names a publish: the WebSocket's required client message id, HTTP's
+# optional idempotency key (both are the idempotency key)
+_KEYS = {"id": ("id (the client message id)", True), "idempotency_key": ("idempotency_key", False)}
+
+
+def parse_publish(
+    obj: Any, limits: Limits, *, key: str = "idempotency_key", payload: bytes | None = None
+) -> Publish:
+    """One publish, for ``POST /v1/publish`` (``key="idempotency_key"``, optional) and the
+    WebSocket (``key="id"``, required; ``payload``: a binary frame's bytes after its
+    header). Checks, in order: the object, its id, channel, event name, data, and the
+    data's size against ``max_payload_bytes`` (``BadRequest``, then ``PayloadTooLarge``)."""
+    label, required = _KEYS[key]
+    if not isinstance(obj, dict):
+        raise BadRequest("a message must be a JSON object")
+    msg_id = obj.get(key)
+    if (msg_id is not None or required) and (
+        not isinstance(msg_id, str) or not 0 < len(msg_id) <= 128
+    ):
+        raise BadRequest(f"{label} must be a string of 1 to 128 characters")
+    channel = check_channel(obj.get("channel"), limits.max_channel_length)
+    event = check_event_name(obj.get("event"), limits.max_event_name_length)
+    if payload is not None:
+        if "data" in obj or "data_b64" in obj:
+            raise BadRequest("a binary publish carries its payload after the header")
+        data, binary = payload, True
+    elif "data_b64" in obj:
+        data, binary = decode_b64(obj["data_b64"]), True
+    elif "data" in obj:
+        data, binary = dump_json(obj["data"]), False
+    else:
+        raise BadRequest("a message needs data (any JSON value) or data_b64 (base64)")
     if len(data) > limits.max_payload_bytes:
-        raise PayloadTooLarge(f"payload over {limits.max_payload_bytes} bytes")
-    return Publish(
-        msg_id,
-        check_channel(obj.get("channel"), limits.max_channel_length),
-        check_event_name(obj.get("event"), limits.max_event_name_length),
-        data,
-        binary,
-    )
+        raise PayloadTooLarge(f"message data over {limits.max_payload_bytes} bytes")
+    return Publish(msg_id, channel, event, data, binary)

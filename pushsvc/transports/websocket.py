@@ -19,7 +19,6 @@ Requests that fail (a forbidden subscribe, a publish over the rate) are answered
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Callable
@@ -40,7 +39,6 @@ from pushsvc.protocol.frames import ws_control
 from pushsvc.protocol.presence import client_conn_id
 from pushsvc.protocol.wires import Frame, WebSocketWire
 from pushsvc.session import Session
-from pushsvc.settings import Settings
 from pushsvc.transports.admission import check_origin, limit_publish, positions_from
 from pushsvc.transports.asgi import state
 from pushsvc.writer import Writer
@@ -171,16 +169,6 @@ class WebSocketWriter(Writer):
         return out
 
 
-@functools.lru_cache(maxsize=16)
-def _limits(settings: Settings) -> client_frames.Limits:
-    return client_frames.Limits(
-        max_channels=settings.max_channels_per_session,
-        max_channel_length=settings.max_channel_length,
-        max_event_name_length=settings.max_event_name_length,
-        max_payload_bytes=settings.max_publish_bytes,
-    )
-
-
 class _Connection:
     """The reader's state. Kept small: one lives as long as each connection."""
 
@@ -190,7 +178,7 @@ class _Connection:
         self.session = session
         self.auth = auth
         self.scope = scope
-        self.limits = _limits(session.hub.settings)
+        self.limits = client_frames.limits_from(session.hub.settings)
         self.max_frame = session.hub.settings.max_frame_bytes
         # created on first use: most connections never replay history
         self.tasks: set[asyncio.Task[None]] | None = None
