@@ -196,7 +196,7 @@ class Nginx:
                 httpx.get(self.url + "/__test/", timeout=0.5)
                 return self
             except httpx.TransportError:
-                time.sleep(0.05)
+                time.sleep(0.05)  # poll: until nginx answers, against the deadline
         raise RuntimeError("nginx did not start within 10 s")
 
     def stop(self) -> None:

@@ -74,7 +74,7 @@ def redis_server_url() -> Iterator[str]:
             except redis.ConnectionError:
                 if time.monotonic() > deadline:
                     pytest.fail("redis-server did not answer PING within 10 s", pytrace=False)
-                time.sleep(0.02)
+                time.sleep(0.02)  # poll: until redis-server answers, against the deadline
         client.close()
         yield url
     finally:

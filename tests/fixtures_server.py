@@ -99,7 +99,7 @@ class Server:
                 if httpx.get(self.url + "/healthz", timeout=0.5).status_code == 200:
                     return self
             except httpx.TransportError:
-                time.sleep(0.05)
+                time.sleep(0.05)  # poll: until the server answers, against the deadline
         raise RuntimeError("server did not start within 15 s")
 
     def stop(self) -> None:

@@ -21,6 +21,7 @@ from pushsvc.exceptions import BackendError
 from pushsvc.protocol.events import Event, Gap
 from pushsvc.protocol.ids import ZERO, StreamId
 from tests.fixtures_redis import MakeBackend, with_prefix, without_query
+from tests.waiting import until
 
 redis_only = pytest.mark.parametrize("backend_url", ["redis"], indirect=True)
 
@@ -42,9 +43,7 @@ class Received:
         return sum(len(v) for v in self.events.values())
 
     async def wait_for(self, count: int, timeout: float = 10) -> None:
-        async with asyncio.timeout(timeout):
-            while self.count() < count:
-                await asyncio.sleep(0.005)
+        await until(self.count, timeout, f"{count} live events", check=lambda n: n >= count)
 
 
 def msg(channel: str, i: int, idempotency_key: str | None = None) -> Message:
@@ -162,7 +161,13 @@ async def test_retention_by_age_trims_old_events_when_the_channel_is_written(
     backend: Backend,
 ) -> None:
     old = await append_ids(backend, "c", 3)
-    await asyncio.sleep(0.12)
+    # the events age past max_age (0.05 s) on the clock that stamped their IDs
+    await until(
+        lambda: time.time() * 1000 - old[-1][0],
+        5,
+        "the events to be 0.12 s old",
+        check=lambda age_ms: age_ms >= 120,
+    )
     assert [e.id for e in await read_all(backend, "c")] == old  # nothing written since
     new = await append_ids(backend, "c", 2)
     result = await backend.read_after("c", ZERO, 100)
@@ -225,7 +230,7 @@ async def test_listen_delivers_every_later_event_once_and_in_order(backend: Back
     total = len(sent)
     assert total == 500
     await received.wait_for(total)
-    await asyncio.sleep(0.05)  # a duplicate would arrive now
+    await asyncio.sleep(0.05)  # window: a duplicate would arrive now
     assert received.count() == total
     for c in channels:
         assert received.ids(c) == sorted(e.id for e in sent if e.channel == c)
@@ -243,7 +248,7 @@ async def test_an_append_right_after_listen_returns_is_delivered(backend: Backen
         await backend.listen(channel)
         expected[channel] = (await backend.append(msg(channel, i))).id
     await received.wait_for(30)
-    await asyncio.sleep(0.02)
+    await asyncio.sleep(0.02)  # window: a duplicate would arrive now
     assert {c: received.ids(c) for c in expected} == {c: [i] for c, i in expected.items()}
 
 
@@ -257,7 +262,7 @@ async def test_unlisten_stops_delivery(backend: Backend) -> None:
     await backend.unlisten("never-listened")
     await backend.append_many([msg("c", 2), msg("d", 3)])
     await received.wait_for(2)
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # window: an event of the unlistened channel would arrive now
     assert [e.data for e in received.events["c"]] == [b'{"n":1}']
     assert backend.listener_status().channels == 1
     await backend.listen("c")  # and listening again works
@@ -333,7 +338,7 @@ async def _publish_continuously(
 ) -> None:
     for i in range(n):
         sent.append(await backend.append(msg(channels[i % len(channels)], i)))
-        await asyncio.sleep(0.001)
+        await asyncio.sleep(0.001)  # pace: a steady stream of publishes
 
 
 def _assert_once_in_order(received: Received, sent: list[Event], channels: list[str]) -> None:
@@ -355,16 +360,27 @@ async def test_listener_is_gap_free_across_killed_connections(
     task = asyncio.create_task(_publish_continuously(publisher, channels, 400, sent))
     r = aioredis.from_url(without_query(backend_url))
     try:
-        for _ in range(3):
-            await asyncio.sleep(0.08)
-            async with asyncio.timeout(2):  # until the listener is back and subscribed
-                while not int(await r.client_kill_filter(_type="pubsub")):
-                    await asyncio.sleep(0.005)
+        for k in range(3):
+            # kill after every 50 publishes, while the stream goes on
+            await until(
+                lambda: len(sent),
+                30,
+                f"{(k + 1) * 50} publishes",
+                check=lambda n: n >= (k + 1) * 50,  # noqa: B023
+            )
+            # the listener is back and subscribed once there is a pub/sub client to kill
+            await until(
+                lambda: r.client_kill_filter(_type="pubsub"),
+                2,
+                "a pub/sub connection to kill",
+                check=lambda killed: int(killed) > 0,
+                interval=0.005,
+            )
     finally:
         await r.aclose()
         await task
     await received.wait_for(len(sent))
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # window: a duplicate would arrive now
     _assert_once_in_order(received, sent, channels)
     assert listener.listener_status().reconnects >= 3
     assert listener.listener_status().connected
@@ -457,16 +473,14 @@ async def test_a_deaf_listener_is_detected_and_recovers_without_loss(
     await listener.listen("deaf")
     sent: list[Event] = []
     task = asyncio.create_task(_publish_continuously(publisher, ["deaf"], 150, sent))
-    await asyncio.sleep(0.05)
+    await until(lambda: len(sent), 10, "20 publishes", check=lambda n: n >= 20)
     muting_proxy.mute_listeners()
     started = time.monotonic()
-    async with asyncio.timeout(5):
-        while listener.listener_status().reconnects < 1:
-            await asyncio.sleep(0.01)
+    await until(lambda: listener.listener_status().reconnects, 5, "a reconnect")
     assert time.monotonic() - started < 1.5
     await task
     await received.wait_for(len(sent))
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # window: a duplicate would arrive now
     _assert_once_in_order(received, sent, ["deaf"])
 
 
@@ -486,8 +500,8 @@ async def test_a_saturated_event_loop_does_not_make_a_healthy_listener_look_deaf
 
     async def hog() -> None:
         while time.monotonic() < until:
-            time.sleep(0.01)  # blocks the whole event loop
-            await asyncio.sleep(0)
+            time.sleep(0.01)  # pace: a CPU hog, it blocks the whole event loop
+            await asyncio.sleep(0)  # pace: the hog lets one turn of the loop through
 
     hogs = [asyncio.create_task(hog()) for _ in range(10)]
     await _publish_continuously(publisher, ["busy"], 20, sent)
@@ -529,7 +543,7 @@ async def test_events_trimmed_while_the_listener_was_away_come_as_a_gap(
     muting_proxy.mute_listeners()
     missed = await publisher.append_many([msg("trim", i) for i in range(1, 31)])  # one call
     await received.wait_for(1 + 5)
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # window: no other event nor gap may arrive
     assert gaps == [Gap("trim", seen[0].id, missed[-6].id)]
     assert received.ids("trim") == [e.id for e in seen + missed[-5:]]
     assert listener.listener_status().reconnects >= 1

@@ -52,7 +52,7 @@ def chat_url() -> Iterator[str]:
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError("chat.py did not start within 15 s")
-            time.sleep(0.05)
+            time.sleep(0.05)  # poll: until chat.py answers, against the deadline
         yield url
     finally:
         if proc.poll() is None:

@@ -10,7 +10,6 @@ import json
 import signal
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -30,6 +29,7 @@ from pushsvc.client import (
 from pushsvc.client._backoff import Backoff
 from pushsvc.client._sse import SSEParser
 from tests.fixtures_server import Server
+from tests.waiting import until
 from tests.wire import poll_once
 
 TRANSPORTS = ("websocket", "sse", "long-polling")
@@ -237,12 +237,6 @@ async def take(client: Client, n: int, timeout: float = 15) -> list[Event | Gap]
     return items
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 10) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
-
-
 def ids_by_channel(items: list[Event | Gap]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for item in items:
@@ -398,7 +392,7 @@ async def test_moves_back_up_to_websocket_when_the_upgrade_works_again(server: S
         async def publisher() -> None:
             for i in range(40):
                 published.append(await apublish(server, channel, 100 + i))
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.01)  # pace: a stream of publishes during the move
 
         task = asyncio.create_task(publisher())
         await until(lambda: c.transport == "websocket")
@@ -448,7 +442,7 @@ async def test_message_published_while_the_server_is_down_is_delivered_once(
         server.proc.wait()
         await until(lambda: c.state == "disconnected")
         pending = c.publish(channel, {"offline": True})
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # window: the publish may not complete while the server is down
         assert not pending.done() and c.outbox_size == 1
         server.start()
         event_id = await asyncio.wait_for(pending, 15)

@@ -21,6 +21,7 @@ from pushsvc.client import Client, Member, PresenceChange, ServerRejected
 from pushsvc.client._presence import PresenceViews
 from tests.fixtures_server import Server
 from tests.test_client import Proxy
+from tests.waiting import until
 
 TRANSPORTS = ("websocket", "sse", "long-polling")
 memory_only = pytest.mark.parametrize("backend_url", ["memory"], indirect=True)
@@ -42,14 +43,6 @@ def ptoken(server: Server, subject: str, presence: bool = True) -> str:
 
 def room() -> str:
     return f"room-{uuid.uuid4().hex[:8]}"
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 10, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
-        await asyncio.sleep(0.01)
 
 
 class Changes:
@@ -208,7 +201,7 @@ async def test_a_reconnect_converges_without_ghost_or_duplicate(
             # long-poll client that is between two polls (a new poll's connection works)
             while "disconnected" not in states:
                 proxy.freeze()
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.1)  # poll: freeze again until the drop is noticed
 
         freezing = asyncio.create_task(dropped_path())
         try:

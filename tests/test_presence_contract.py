@@ -16,6 +16,7 @@ from pushsvc.backends.base import PresenceDiff, PresenceEntry
 from pushsvc.backends.redis import RedisBackend
 from pushsvc.protocol.events import Event
 from tests.fixtures_redis import MakeBackend, without_query
+from tests.waiting import until
 
 redis_only = pytest.mark.parametrize("backend_url", ["redis"], indirect=True)
 
@@ -35,9 +36,9 @@ class Diffs:
         return [(d.kind, d.subject, d.connections) for d in self.diffs]
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                await asyncio.sleep(0.005)
+        await until(
+            self.seen, timeout, "presence diffs", check=lambda _: predicate(), interval=0.005
+        )
 
 
 def entry(conn: str, subject: str, channel: str = "room", info: bytes = b"{}") -> PresenceEntry:
@@ -107,7 +108,7 @@ async def test_joining_a_present_connection_again_and_leaving_an_unknown_one_cha
     await backend.presence_leave("room", "c1")
     await backend.presence_leave("room", "c1")
     await diffs.wait_for(lambda: len(diffs.diffs) >= 2)
-    await asyncio.sleep(0.1)  # nothing more arrives
+    await asyncio.sleep(0.1)  # window: nothing more may arrive
     assert diffs.seen() == [("join", "alice", 1), ("leave", "alice", 0)]
 
 
@@ -154,7 +155,7 @@ async def test_diffs_of_channels_not_listened_to_are_not_delivered(backend: Back
     await backend.presence_join(entry("c1", "alice", channel="quiet"))
     await backend.presence_join(entry("c2", "bob"))
     await diffs.wait_for(lambda: len(diffs.diffs) >= 1)
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.1)  # window: a diff of the channel not listened to would arrive now
     assert [(d.channel, d.subject) for d in diffs.diffs] == [("room", "bob")]
 
 
@@ -182,7 +183,7 @@ async def test_refresh_keeps_entries_alive_past_the_ttl(backend: Backend) -> Non
     deadline = time.monotonic() + 3 * TTL
     while time.monotonic() < deadline:  # a window in which nothing may expire
         assert await backend.presence_refresh(mine) == []
-        await asyncio.sleep(INTERVAL)
+        await asyncio.sleep(INTERVAL)  # pace: the refresh timer's tick
     assert await backend.presence_stats("room") == (1, 1)
     assert await backend.presence_stats("hall") == (1, 1)
 
@@ -204,7 +205,7 @@ async def test_entries_of_an_instance_that_stops_refreshing_leave_within_ttl_plu
     async def refresh_timer() -> None:
         while True:
             await survivor.presence_refresh([mine], sweep=["room"])
-            await asyncio.sleep(INTERVAL)
+            await asyncio.sleep(INTERVAL)  # pace: the refresh timer's tick
 
     timer = asyncio.create_task(refresh_timer())
     try:
@@ -226,10 +227,13 @@ async def test_entries_of_an_instance_that_stops_refreshing_leave_within_ttl_plu
 async def test_refresh_answers_the_entries_it_no_longer_holds(backend: Backend) -> None:
     gone = entry("c1", "alice")
     await backend.presence_join(gone)
-    deadline = time.monotonic() + TTL + 2.0
-    while await backend.presence_stats("room") != (0, 0):  # swept once expired
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.05)
+    await until(
+        lambda: backend.presence_stats("room"),
+        TTL + 2.0,
+        "the expired entry swept",
+        check=lambda stats: stats == (0, 0),
+        interval=0.05,
+    )
     never = entry("c9", "nobody", channel="hall")
     held = entry("c2", "bob")
     await backend.presence_join(held)
@@ -301,9 +305,12 @@ async def test_presence_keys_carry_a_ttl_and_vanish_when_everyone_left(
         await backend.presence_leave("room", "c1")
         assert all(b"{hall}" in k for k in await presence_keys(client, backend))
         # hall is abandoned (a crashed owner): its keys expire by themselves
-        deadline = time.monotonic() + TTL + 2.0
-        while await presence_keys(client, backend):
-            assert time.monotonic() < deadline, await presence_keys(client, backend)
-            await asyncio.sleep(0.05)
+        await until(
+            lambda: presence_keys(client, backend),
+            TTL + 2.0,
+            "the abandoned channel's keys to expire",
+            check=lambda keys: not keys,
+            interval=0.05,
+        )
     finally:
         await client.aclose()

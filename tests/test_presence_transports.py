@@ -22,6 +22,7 @@ import websockets
 
 from tests.fixtures_redis import without_query
 from tests.fixtures_server import Server
+from tests.waiting import until
 from tests.wire import SSEReader
 
 pytestmark = pytest.mark.timeout(90)
@@ -65,12 +66,11 @@ class Watcher:
         self.subscribed = asyncio.Event()
 
     async def __aenter__(self) -> Watcher:
-        self.task = asyncio.create_task(self._run())
-        async with asyncio.timeout(10):
-            while not self.subscribed.is_set():
-                if self.task.done():
-                    self.task.result()
-                await asyncio.sleep(0.01)
+        task = self.task = asyncio.create_task(self._run())
+        await until(lambda: self.subscribed.is_set() or task.done(), 10, "subscribed")
+        if not self.subscribed.is_set():
+            task.result()  # raises what ended it
+            raise AssertionError(f"the watcher ended before it subscribed: {self.frames}")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -184,14 +184,6 @@ class Watcher:
 
     def members(self, channel: str) -> dict[str, int]:
         return self.view.get(channel, {})
-
-
-async def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

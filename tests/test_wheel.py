@@ -98,7 +98,7 @@ def test_the_installed_wheel_serves_and_carries_a_publish_to_a_subscriber(
             except httpx.TransportError:
                 pass
             assert time.monotonic() < deadline, "the installed server did not start"
-            time.sleep(0.1)
+            time.sleep(0.1)  # poll: until the server answers, against the deadline
         js = httpx.get(url + "/pushsvc.js")
         assert js.status_code == 200 and "export class PushClient" in js.text
         types = httpx.get(url + "/pushsvc.d.ts")
