@@ -23,9 +23,8 @@ from starlette.responses import FileResponse, PlainTextResponse
 from starlette.routing import Mount, Route
 
 from pushsvc import Settings
-from pushsvc._uvicorn import HTTP_PROTOCOL, WS_PROTOCOL
 from pushsvc.app import create_app
-from pushsvc.cli import GracefulServer
+from pushsvc.server import HTTP_PROTOCOL, WS_PROTOCOL, GracefulServer
 
 PAGE = Path(__file__).with_name("chat.html")
 

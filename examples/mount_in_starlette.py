@@ -17,16 +17,14 @@ import time
 from collections.abc import AsyncIterator
 
 import httpx
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 
+import pushsvc.server
 from pushsvc import Settings
-from pushsvc._uvicorn import HTTP_PROTOCOL, WS_PROTOCOL
 from pushsvc.app import create_app
-from pushsvc.cli import GracefulServer
 
 # --8<-- [start:mount]
 # Settings from PUSHSVC_* variables (or Settings(...) in code); with no secret and no
@@ -95,19 +93,22 @@ async def main() -> int:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     # --8<-- [start:serve]
-    config = uvicorn.Config(
+    # A uvicorn.Config as `pushsvc serve` builds it: the lean WebSocket and HTTP protocols
+    # (uvicorn's own if this uvicorn does not fit them), no ~300 KiB deflate state per
+    # connection, frames up to the settings' max_frame_bytes; then uvicorn's options.
+    config = pushsvc.server.config(
         app,
+        push.state.settings,
         host="127.0.0.1",
         port=port,
-        ws=WS_PROTOCOL,  # as `pushsvc serve`: uvicorn's sans-I/O WebSocket, leaner ...
-        http=HTTP_PROTOCOL,  # ... its httptools HTTP, leaner per open stream or poll ...
-        ws_per_message_deflate=False,  # ... and no ~300 KiB deflate state per connection
         timeout_graceful_shutdown=5,
         log_level="warning",
     )
     # uvicorn waits for open responses before it shuts down, and an SSE stream never ends
     # by itself: GracefulServer ends pushsvc's sessions as soon as the shutdown starts.
-    server = GracefulServer(config, push.state.hub)
+    server = pushsvc.server.GracefulServer(config, push.state.hub)
+    # Blocking, in one call: pushsvc.server.run(app, push.state.settings,
+    #     hub=push.state.hub, host=..., port=...)
     # --8<-- [end:serve]
     serving = asyncio.create_task(server.serve())
     while not server.started:  # noqa: ASYNC110 (uvicorn.Server has no "started" event)

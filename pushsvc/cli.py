@@ -1,22 +1,17 @@
-"""The ``pushsvc`` command: ``serve``, ``publish``, ``subscribe``, ``token``.
+"""The ``pushsvc`` command: ``serve``, ``publish``, ``subscribe``, ``token``, ``bench``.
 
 Every ``serve`` flag is also a ``PUSHSVC_*`` environment variable named after the
 ``Settings`` field it sets (lists comma-separated); settings without a flag are read from
 the environment by ``Settings.from_env``.
 
-uvicorn runs with uvicorn's sans-I/O WebSocket stack (``pushsvc._uvicorn``: it forgets the
-handshake once accepted) and ``ws_per_message_deflate=False``: the default negotiates
-permessage-deflate at zlib defaults, about 300 KiB of compressor state per connection,
-for frames that are small JSON. uvicorn's protocol pings (every 20 s, closing a
-connection whose pong is 20 s late) find dead peers; pushsvc's heartbeats are app frames
-that browsers and proxies see.
+``serve`` runs uvicorn through ``pushsvc.server.run`` (its lean protocols, no
+permessage-deflate, sessions closed as soon as the shutdown starts: see that module).
+With ``--workers N`` uvicorn's own worker processes run ``pushsvc.app:app_from_env`` with
+the settings passed in the environment; there the wait for open streams at shutdown is
+bounded by ``--graceful-timeout`` instead.
 
-Shutdown: uvicorn waits for every open HTTP response before it runs the lifespan
-shutdown, and an SSE stream never ends by itself. ``GracefulServer`` therefore closes the
-hub's sessions (streams end, WebSockets get 1001, long-polls answer) right after it stops
-listening. With ``--workers N`` uvicorn's own worker processes run
-``pushsvc.app:app_from_env`` with the settings passed in the environment; there the wait
-is bounded by ``--graceful-timeout`` instead.
+``bench`` is imported only when invoked: it needs the ``[bench]`` extra (rich, httptools,
+matplotlib), which serving does not.
 """
 
 from __future__ import annotations
@@ -24,23 +19,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import importlib
 import json
 import logging
 import os
-import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import httpx
-import uvicorn
 
 from pushsvc.__version__ import __version__
-from pushsvc._uvicorn import HTTP_PROTOCOL, WS_PROTOCOL
-from pushsvc.bench import bench
 from pushsvc.exceptions import ConfigError
 from pushsvc.settings import Settings
+
+if TYPE_CHECKING:
+    import httpx
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TRANSPORTS = ("websocket", "sse", "long-polling")
@@ -56,21 +50,63 @@ class CommaList(click.ParamType):  # type: ignore[type-arg,unused-ignore]
         return str(value).strip()
 
 
-class GracefulServer(uvicorn.Server):
-    """uvicorn's server, ending pushsvc's sessions as soon as the shutdown starts."""
-
-    def __init__(self, config: uvicorn.Config, hub: Any) -> None:
-        super().__init__(config)
-        self.hub = hub
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        for server in self.servers:
-            server.close()  # no new connection may start a stream from here on
-        self.hub.close_sessions()
-        await super().shutdown(sockets)
+# commands imported when invoked, with their one-line help: (import path, help, extra)
+LAZY_COMMANDS = {
+    "bench": (
+        "pushsvc.bench.cli:bench",
+        "Measure a pushsvc server under load (needs the bench extra).",
+        "bench",
+    ),
+}
+# what each extra installs: a command missing one of these asks for the extra
+EXTRA_MODULES = {"bench": ("rich", "httptools", "matplotlib")}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class Commands(click.Group):
+    """A group whose ``LAZY_COMMANDS`` are imported only when invoked, so that
+    ``pushsvc serve`` does not load the bench; one whose extra is not installed answers
+    a one-line error naming it."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in LAZY_COMMANDS:
+            return super().get_command(ctx, cmd_name)
+        target, _, extra = LAZY_COMMANDS[cmd_name]
+        module_name, _, attr = target.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            missing = (exc.name or "").partition(".")[0]
+            if missing not in EXTRA_MODULES[extra]:
+                raise
+            raise click.ClickException(
+                f"pushsvc {cmd_name} needs the {extra} extra ({missing} is not installed): "
+                f"pip install 'pushsvc[{extra}]'"
+            ) from None
+        command = getattr(module, attr)
+        assert isinstance(command, click.Command)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # click's own, but a lazy command's help comes from LAZY_COMMANDS (no import)
+        rows: list[tuple[str, str]] = []
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(map(len, names), default=0)
+        for name in names:
+            if name in LAZY_COMMANDS:
+                rows.append((name, LAZY_COMMANDS[name][1]))
+                continue
+            command = super().get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="pushsvc")
 def main() -> None:
     """pushsvc: push messaging over WebSocket, SSE and long-polling."""
@@ -185,27 +221,29 @@ def serve(
     logging.basicConfig(
         level=log_level.upper(), format="%(levelname)-8s %(name)s: %(message)s", force=False
     )
+    from pushsvc import server
+
     common: dict[str, Any] = {
         "host": host,
         "port": port,
-        "ws": WS_PROTOCOL,
-        "http": HTTP_PROTOCOL,
-        "ws_per_message_deflate": False,
-        "ws_max_size": settings.max_frame_bytes,
         "log_level": log_level,
         "timeout_graceful_shutdown": graceful_timeout,
     }
     if workers > 1:
+        import uvicorn
+
         os.environ.update(_settings_env(settings))
-        uvicorn.run("pushsvc.app:app_from_env", factory=True, workers=workers, **common)
+        uvicorn.run(
+            "pushsvc.app:app_from_env",
+            factory=True,
+            workers=workers,
+            **server.uvicorn_options(settings, **common),
+        )
         return
 
     from pushsvc.app import create_app
 
-    app = create_app(settings)
-    server = GracefulServer(uvicorn.Config(app, **common), app.state.hub)
-    server.run()
-    if not server.started:
+    if not server.run(create_app(settings), settings, **common):
         sys.exit(3)
 
 
@@ -290,6 +328,8 @@ def publish(
             body["data"] = data
     if idempotency_key:
         body["idempotency_key"] = idempotency_key
+    import httpx  # here: httpx loads rich for its own CLI when rich is installed
+
     try:
         r = httpx.post(
             url.rstrip("/") + "/v1/publish",
@@ -568,6 +608,3 @@ def _format(item: Any, as_json: bool) -> str:
             }
         )
     return f"{item.channel} gap {item.after}..{item.until} (trimmed before this client read them)"
-
-
-main.add_command(bench)

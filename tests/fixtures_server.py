@@ -80,9 +80,9 @@ class Server:
             "--port",
             str(self.port),
             "--ws",
-            "pushsvc._uvicorn:LeanWebSocketProtocol",
+            "pushsvc.server:LeanWebSocketProtocol",
             "--http",
-            "pushsvc._uvicorn:LeanHttpToolsProtocol",
+            "pushsvc.server:LeanHttpToolsProtocol",
             "--log-level",
             self.log_level,
         ]

@@ -408,3 +408,23 @@ def test_subscribe_presence_prints_joins_and_leaves(server: Server) -> None:
                 proc.wait()
     assert out == [f'{channel} message {event_id} "bye"']
     assert alice.returncode == 0
+
+
+@pytest.mark.parametrize("missing", ["rich", "httptools"])
+def test_bench_without_its_extra_answers_one_line_naming_it(missing: str) -> None:
+    # the extra's module made unimportable, as in an install without pushsvc[bench]
+    code = (
+        f"import sys; sys.modules[{missing!r}] = None\n"
+        "from pushsvc.cli import main\n"
+        "main(['bench', '--spawn', 'memory', 'fanout'], prog_name='pushsvc')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=clean_env()
+    )
+    assert proc.returncode in (1, 2), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"Error: pushsvc bench needs the bench extra ({missing} is not installed): "
+        "pip install 'pushsvc[bench]'"
+    ]
+    assert proc.stdout == ""

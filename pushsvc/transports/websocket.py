@@ -28,13 +28,13 @@ from starlette.datastructures import Headers, QueryParams
 from starlette.types import Message as ASGIMessage
 from starlette.types import Receive, Scope, Send
 
-from pushsvc._uvicorn import WRITE_TEXTS
 from pushsvc.auth import Authenticator, Principal, credential_from
 from pushsvc.backends.base import Message
 from pushsvc.exceptions import BadRequest, PayloadTooLarge, PushError, Unavailable
 from pushsvc.metrics import TransportStats
 from pushsvc.problems import deny_websocket, error_frame
 from pushsvc.protocol import client_frames, codes
+from pushsvc.protocol.asgi_extensions import WRITE_TEXTS
 from pushsvc.protocol.frames import ws_control
 from pushsvc.protocol.presence import client_conn_id
 from pushsvc.protocol.wires import Frame, WebSocketWire
