@@ -51,7 +51,7 @@ def _message(obj: Any, limits: client_frames.Limits) -> Message:
 
 async def publish(request: Request) -> Response:
     settings, hub, auth = state(request.scope)
-    principal = auth.verify(credential_from(request.headers, request.query_params))
+    principal = await auth.authenticate(credential_from(request.headers, request.query_params))
     limits = client_frames.limits_from(settings)
     body = await read_json(request, settings.max_publish_bytes * settings.max_batch_messages + 4096)
     batch = isinstance(body, dict) and "messages" in body
@@ -93,7 +93,7 @@ async def negotiate(request: Request) -> Response:
     proxies that hold streams back, so a client that probes its transports afterwards
     resumes every attempt from there and loses nothing published meanwhile."""
     settings, hub, auth = state(request.scope)
-    principal = auth.verify(credential_from(request.headers, request.query_params))
+    principal = await auth.authenticate(credential_from(request.headers, request.query_params))
     channels, given = await _negotiate_request(request, settings)
     body: dict[str, Any] = {
         "session_id": _secrets.token_urlsafe(12),
@@ -158,7 +158,7 @@ async def _negotiate_request(request: Request, settings: Any) -> tuple[list[str]
 
 async def history(request: Request) -> Response:
     settings, hub, auth = state(request.scope)
-    principal = auth.verify(credential_from(request.headers, request.query_params))
+    principal = await auth.authenticate(credential_from(request.headers, request.query_params))
     channel = check_channel(request.path_params["channel"], settings.max_channel_length)
     principal.check_subscribe([channel])
     query = request.query_params
@@ -209,7 +209,7 @@ async def presence(request: Request) -> Response:
     """The channel's members, or only the counts (``truncated``) above
     ``presence_snapshot_max`` members."""
     settings, hub, auth = state(request.scope)
-    principal = auth.verify(credential_from(request.headers, request.query_params))
+    principal = await auth.authenticate(credential_from(request.headers, request.query_params))
     channel = check_channel(request.path_params["channel"], settings.max_channel_length)
     principal.check_presence(channel)
     snap = await hub.backend.presence_snapshot(channel, settings.presence_snapshot_max)
@@ -229,7 +229,7 @@ async def presence(request: Request) -> Response:
 
 async def presence_stats(request: Request) -> Response:
     settings, hub, auth = state(request.scope)
-    principal = auth.verify(credential_from(request.headers, request.query_params))
+    principal = await auth.authenticate(credential_from(request.headers, request.query_params))
     channel = check_channel(request.path_params["channel"], settings.max_channel_length)
     principal.check_presence(channel)
     members, connections = await hub.backend.presence_stats(channel)

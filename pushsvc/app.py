@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             yield
         finally:
             await hub.close()
+            await app.state.auth.aclose()
 
     backend = open_backend(
         settings.backend_url,
@@ -108,9 +109,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
     app.direct_http = not settings.cors_origins
     app.state.settings = settings
-    app.state.auth = Authenticator(
-        settings.secrets, settings.api_keys, max_info_bytes=settings.max_presence_info_bytes
-    )
+    app.state.auth = Authenticator.from_settings(settings)
     app.state.backend = backend
     app.state.hub = hub
     app.state.metrics = metrics

@@ -14,20 +14,39 @@ any channel. Credentials are never logged.
 object of at most ``max_presence_info_bytes`` (compact JSON), checked when a token is
 issued and again when it is verified (a token over the server's limit is refused, 401,
 rather than shown cut).
+
+Standard JWTs from an identity provider are accepted beside these when ``jwt_key`` or
+``jwt_jwks_url`` is configured (``pushsvc.auth_jwt``, imported only then). A credential is
+taken for a JWT when it has three dot-separated parts and the first decodes (base64url) to
+a JSON object with a string ``alg``: a pushsvc token has two parts (or an empty first one
+when compressed), an API key is matched before either. A JWT's grants come from the claim
+``jwt_grants_claim``; its subject from ``sub``; it expires at ``exp`` + ``jwt_leeway``, after
+which it is treated exactly like an expired pushsvc token (401, WS close 4402).
+
+``verify`` is synchronous; ``authenticate`` is the same check that may first fetch the
+IdP's key set (a JWT naming a key not cached yet), which is what the endpoints call.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
+import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from itsdangerous import BadSignature, URLSafeSerializer
 
 from pushsvc.exceptions import Forbidden, Unauthorized
 from pushsvc.protocol.events import dump_json
+from pushsvc.settings import Settings
+
+if TYPE_CHECKING:
+    from pushsvc.auth_jwt import JwtVerifier
 
 SALT = "pushsvc.token.v1"
 
@@ -79,6 +98,7 @@ class Principal:
 
 
 VERIFIED_TOKENS = 4096  # tokens remembered as verified, per app
+MAX_JWT_HEADER_CHARS = 2048  # a longer first part is not taken for a JWT header
 MAX_INFO_BYTES = 1024  # Settings.max_presence_info_bytes
 
 
@@ -105,6 +125,8 @@ class Authenticator:
         api_keys: tuple[str, ...],
         *,
         max_info_bytes: int = MAX_INFO_BYTES,
+        jwt: JwtVerifier | None = None,
+        jwt_grants_claim: str = "pushsvc",
     ) -> None:
         if not secrets:
             raise ValueError("at least one secret is needed")
@@ -116,6 +138,25 @@ class Authenticator:
         # signature check and a JSON parse cost more than the rest of a poll's routing.
         # Keyed by the whole token, so only the very same signed bytes hit; bounded.
         self._verified: dict[str, Principal] = {}
+        self.jwt = jwt
+        self.jwt_grants_claim = jwt_grants_claim
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Authenticator:
+        """The server's authenticator: secrets, API keys and, when configured, JWTs.
+        Raises ``ConfigError`` for JWT settings that cannot work."""
+        jwt = None
+        if settings.jwt_key or settings.jwt_jwks_url:
+            from pushsvc.auth_jwt import JwtVerifier  # PyJWT only when JWTs are configured
+
+            jwt = JwtVerifier.from_settings(settings)
+        return cls(
+            settings.secrets,
+            settings.api_keys,
+            max_info_bytes=settings.max_presence_info_bytes,
+            jwt=jwt,
+            jwt_grants_claim=settings.jwt_grants_claim,
+        )
 
     def issue(
         self,
@@ -156,8 +197,34 @@ class Authenticator:
         return found
 
     def verify(self, credential: str | None, *, allow_api_key: bool = True) -> Principal:
-        if not credential:
-            raise Unauthorized("missing credentials: send 'Authorization: Bearer <token>'")
+        """The principal of an API key, a pushsvc token or a JWT; ``Unauthorized`` saying
+        why not. A JWT whose key is not cached is refused here: ``authenticate`` fetches."""
+        credential = _present(credential)
+        known = self._known(credential, allow_api_key)
+        if known is not None:
+            return known
+        header = self._jwt_header(credential)
+        if header is not None and self.jwt is not None:
+            claims = self.jwt.decode(credential, header)
+            return self._remember(credential, self._from_jwt(claims))
+        return self._remember(credential, self._from_signed(credential))
+
+    async def authenticate(
+        self, credential: str | None, *, allow_api_key: bool = True
+    ) -> Principal:
+        """``verify``, first fetching the IdP's key set when a JWT names a key that is
+        not cached (fetches are bounded and rate-limited: ``pushsvc.auth_jwt``)."""
+        credential = _present(credential)
+        known = self._known(credential, allow_api_key)
+        if known is not None:
+            return known
+        header = self._jwt_header(credential)
+        if header is not None and self.jwt is not None:
+            claims = await self.jwt.decode_async(credential, header)
+            return self._remember(credential, self._from_jwt(claims))
+        return self._remember(credential, self._from_signed(credential))
+
+    def _known(self, credential: str, allow_api_key: bool) -> Principal | None:
         if allow_api_key:
             index = self.api_key_index(credential)
             if index is not None:
@@ -166,10 +233,26 @@ class Authenticator:
         if cached is not None:
             if not cached.expired():
                 return cached
-            del self._verified[credential]  # verified again below: it says why it fails
+            del self._verified[credential]  # verified again: it says why it fails
+        return None
+
+    def _remember(self, credential: str, principal: Principal) -> Principal:
+        if principal.expired():
+            raise Unauthorized("token expired", reason="expired")
+        if len(self._verified) >= VERIFIED_TOKENS:
+            del self._verified[next(iter(self._verified))]  # the oldest entry
+        self._verified[credential] = principal
+        return principal
+
+    def _from_signed(self, credential: str) -> Principal:
         try:
             payload = self._serializer.loads(credential)
         except BadSignature as exc:
+            if self.jwt is None and jwt_header(credential) is not None:
+                raise Unauthorized(
+                    "invalid token: a JWT, but this server verifies none "
+                    "(configure jwt_key or jwt_jwks_url)"
+                ) from exc
             raise Unauthorized("invalid token") from exc
         if not isinstance(payload, dict) or not isinstance(payload.get("sub"), str):
             raise Unauthorized("invalid token")
@@ -181,7 +264,7 @@ class Authenticator:
             check_info(info, self.max_info_bytes)
         except ValueError as exc:
             raise Unauthorized(f"invalid token: {exc}") from None
-        principal = Principal(
+        return Principal(
             subject=payload["sub"],
             expires_at=float(exp),
             subscribe=_patterns(payload.get("sub_g")),
@@ -190,12 +273,69 @@ class Authenticator:
             meta=meta if isinstance(meta := payload.get("meta"), dict) else {},
             info=info,
         )
-        if principal.expired():
-            raise Unauthorized("token expired", reason="expired")
-        if len(self._verified) >= VERIFIED_TOKENS:
-            del self._verified[next(iter(self._verified))]  # the oldest entry
-        self._verified[credential] = principal
-        return principal
+
+    def _jwt_header(self, credential: str) -> dict[str, Any] | None:
+        return jwt_header(credential) if self.jwt is not None else None
+
+    def _from_jwt(self, claims: Mapping[str, Any]) -> Principal:
+        """A principal from a verified JWT's claims: ``sub``, ``exp`` (+ leeway) and the
+        grants claim ``{"subscribe", "publish", "presence": [patterns], "info": {...}}``
+        (absent: no grants)."""
+        subject, exp = claims.get("sub"), claims.get("exp")
+        if not isinstance(subject, str) or not subject:
+            raise Unauthorized("invalid token: 'sub' must be a non-empty string")
+        if not isinstance(exp, int | float) or isinstance(exp, bool):
+            raise Unauthorized("invalid token: 'exp' must be a number")
+        name = self.jwt_grants_claim
+        grants = claims.get(name, {})
+        if not isinstance(grants, dict):
+            raise Unauthorized(f"invalid token: claim {name!r} must be a JSON object")
+        lists: dict[str, tuple[str, ...]] = {}
+        for kind in ("subscribe", "publish", "presence"):
+            value = grants.get(kind, [])
+            if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+                raise Unauthorized(f"invalid token: {name}.{kind} must be a list of strings")
+            lists[kind] = tuple(value)
+        info = grants.get("info", {})
+        try:
+            check_info(info, self.max_info_bytes)
+        except ValueError as exc:
+            raise Unauthorized(f"invalid token: {exc}") from None
+        leeway = self.jwt.leeway if self.jwt is not None else 0.0
+        return Principal(
+            subject=subject,
+            expires_at=float(exp) + leeway,
+            subscribe=lists["subscribe"],
+            publish=lists["publish"],
+            presence=lists["presence"],
+            info=info,
+        )
+
+    async def aclose(self) -> None:
+        """Stop a JWKS fetch in flight (the app's shutdown)."""
+        if self.jwt is not None:
+            await self.jwt.aclose()
+
+
+def _present(credential: str | None) -> str:
+    if not credential:
+        raise Unauthorized("missing credentials: send 'Authorization: Bearer <token>'")
+    return credential
+
+
+def jwt_header(credential: str) -> dict[str, Any] | None:
+    """The JOSE header of a credential shaped like a JWT (three base64url parts, the first
+    a JSON object with a string ``alg``), else ``None``. Nothing is verified here."""
+    head, _, rest = credential.partition(".")
+    if not head or rest.count(".") != 1 or len(head) > MAX_JWT_HEADER_CHARS:
+        return None
+    try:
+        header = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+    except (ValueError, binascii.Error, RecursionError):
+        return None
+    if isinstance(header, dict) and isinstance(header.get("alg"), str):
+        return header
+    return None
 
 
 def _patterns(value: Any) -> tuple[str, ...]:

@@ -73,6 +73,19 @@ class Settings:
     # Token lifetimes.
     token_ttl_default: float = 3600.0
 
+    # Standard JWTs from an identity provider, accepted beside pushsvc's own tokens when
+    # jwt_key or jwt_jwks_url is set (docs/how-to/identity-provider-tokens.md).
+    jwt_key: str = ""
+    jwt_jwks_url: str = ""
+    jwt_algorithms: tuple[str, ...] = ("HS256", "RS256", "ES256")
+    jwt_audience: tuple[str, ...] = ()
+    jwt_issuer: str = ""
+    jwt_leeway: float = 0.0
+    jwt_grants_claim: str = "pushsvc"
+    jwt_jwks_timeout: float = 5.0
+    jwt_jwks_min_fetch_interval: float = 10.0
+    jwt_jwks_refresh_interval: float = 3600.0
+
     # Observability.
     log_json: bool = False
     metrics_latency_every: int = 16
@@ -107,6 +120,14 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
+        for name in ("jwt_leeway", "jwt_jwks_min_fetch_interval"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative")
+        for name in ("jwt_jwks_timeout", "jwt_jwks_refresh_interval"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if not self.jwt_grants_claim:
+            raise ConfigError("jwt_grants_claim must name a claim")
 
     def with_generated_credentials(self) -> tuple[Settings, dict[str, str]]:
         """Fill in an ephemeral secret and API key where none is configured.
@@ -184,6 +205,25 @@ DESCRIPTIONS: dict[str, str] = {
     "max_presence_info_bytes": "Largest presence `info` of a token (compact JSON object), "
     "checked by `pushsvc token --info` and when a token is verified (401).",
     "token_ttl_default": "Lifetime of tokens minted by `pushsvc token` without `--ttl`.",
+    "jwt_key": "Verify standard JWTs with this key: a PEM public key or certificate (RSA, "
+    "EC), `@PATH` of a file holding one, or an HMAC secret (32 bytes or more). Empty: no "
+    "static key.",
+    "jwt_jwks_url": "Verify standard JWTs with the IdP's JWKS at this URL (https), chosen by "
+    "the token's `kid`; fetched when first needed, cached, refetched on an unknown `kid`.",
+    "jwt_algorithms": "JWT algorithms accepted (HS*, RS*, PS*, ES*; never `none`); each key "
+    "also verifies only the algorithms of its own type.",
+    "jwt_audience": "Accepted JWT audiences (`aud` must hold one). Empty: not checked "
+    "(a warning is logged).",
+    "jwt_issuer": "Required JWT issuer (`iss`). Empty: not checked.",
+    "jwt_leeway": "Seconds of clock skew allowed on `exp`, `nbf` and `iat`; a JWT lives "
+    "until `exp` + leeway on every transport.",
+    "jwt_grants_claim": 'The JWT claim holding the grants: `{"subscribe": [...], '
+    '"publish": [...], "presence": [...], "info": {...}}` (channel patterns).',
+    "jwt_jwks_timeout": "Seconds a JWKS fetch may take.",
+    "jwt_jwks_min_fetch_interval": "Fewest seconds between two JWKS fetches (unknown `kid`s "
+    "beyond that get 401 until the next fetch is allowed).",
+    "jwt_jwks_refresh_interval": "Seconds after which the cached JWKS is refetched in the "
+    "background (keys removed at the IdP stop verifying).",
     "log_json": "One JSON line per connection open/close (transport, subject, duration, close "
     "code and reason) on stderr, logger `pushsvc.connections`.",
     "metrics_latency_every": "Sample the publish-to-write latency histogram on one write in "

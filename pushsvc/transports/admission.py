@@ -31,7 +31,7 @@ class Opening:
     presence_conn: str | None = None  # from ?presence_id=: the client's own entry
 
 
-def open_request(
+async def open_request(
     settings: Settings,
     hub: Hub,
     auth: Authenticator,
@@ -42,7 +42,7 @@ def open_request(
     count_connection: bool = True,
 ) -> Opening:
     """Authorize a subscription request. Raises a ``PushError`` before any byte flows."""
-    principal = auth.verify(credential_from(headers, query))
+    principal = await auth.authenticate(credential_from(headers, query))
     channels = check_channels(
         query.getlist("channel"), settings.max_channels_per_session, settings.max_channel_length
     )

@@ -69,7 +69,9 @@ async def serve_poll(scope: Scope, receive: Receive, send: Send) -> None:
 async def _poll(scope: Scope, receive: Receive) -> bytes:
     settings, hub, auth = state(scope)
     query = query_from(scope)
-    opening = open_request(settings, hub, auth, ScopeHeaders(scope), query, query.get("cursor"))
+    opening = await open_request(
+        settings, hub, auth, ScopeHeaders(scope), query, query.get("cursor")
+    )
     timeout = _timeout(
         query.get("timeout"), settings.poll_timeout_default, settings.poll_timeout_max
     )

@@ -49,7 +49,7 @@ async def sse_endpoint(request: Request) -> Response:
         or request.query_params.get("last_event_id")
         or request.query_params.get("cursor")
     )
-    opening = open_request(settings, hub, auth, request.headers, request.query_params, cursor)
+    opening = await open_request(settings, hub, auth, request.headers, request.query_params, cursor)
     return SSEStream(request, opening)
 
 

@@ -74,7 +74,7 @@ async def _open(scope: Scope, receive: Receive, send: Send) -> _Connection | Non
         return None
     try:
         check_origin(headers.get("origin"), headers.get("host"), settings.allowed_origins)
-        principal = auth.verify(credential_from(headers, query))
+        principal = await auth.authenticate(credential_from(headers, query))
         if len(hub.sessions) >= settings.max_connections:
             raise Unavailable("connection limit reached on this instance", retry_after=2)
     except PushError as exc:
@@ -245,7 +245,7 @@ class _Connection:
             session.push(ws_control("pong", id=frame.id))
         elif isinstance(frame, client_frames.Refresh):
             try:
-                principal = self.auth.verify(frame.token, allow_api_key=False)
+                principal = await self.auth.authenticate(frame.token, allow_api_key=False)
             except PushError as exc:
                 self._error(exc, op="refresh")
                 return
