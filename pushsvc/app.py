@@ -23,7 +23,7 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from pushsvc import api
+from pushsvc import api, openapi
 from pushsvc.auth import Authenticator
 from pushsvc.backends import Retention, open_backend
 from pushsvc.exceptions import PushError
@@ -81,6 +81,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/v1/channels/{channel:path}/presence", api.presence, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/readyz", api.readyz, methods=["GET"]),
+        Route(openapi.PATH, openapi.openapi_endpoint, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         _static_route("pushsvc.js", "application/javascript"),
         _static_route("pushsvc.d.ts", "application/typescript"),
