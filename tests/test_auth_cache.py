@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import time
 
+import jwt
 import pytest
 
 from pushsvc import auth as auth_module
 from pushsvc.auth import Authenticator
 from pushsvc.exceptions import Unauthorized
+from pushsvc.settings import Settings
 
 SECRET = "s" * 32
 
@@ -50,3 +52,15 @@ def test_the_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         a.verify(t)
     assert len(a._verified) == 8
     assert a.verify(tokens[0]).subject == "u0"  # forgotten, verified again
+
+
+def test_a_remembered_jwt_expires_like_a_pushsvc_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    hmac_secret = "h" * 32
+    a = Authenticator.from_settings(Settings(secrets=(SECRET,), jwt_key=hmac_secret))
+    token = jwt.encode({"sub": "alice", "exp": int(time.time()) + 5}, hmac_secret, "HS256")
+    first = a.verify(token)
+    assert a.verify(token) is first
+    later = time.time() + 10
+    monkeypatch.setattr(auth_module.time, "time", lambda: later)
+    with pytest.raises(Unauthorized, match="expired"):
+        a.verify(token)  # the remembered principal has expired: verified again, refused
