@@ -146,7 +146,7 @@ def jwk_key(jwk: Mapping[str, Any], allowed: tuple[str, ...]) -> VerifyKey | Non
             key = ECAlgorithm.from_jwk(dict(jwk))
         else:
             return None  # oct (a shared secret has no place in a public JWKS), OKP, ...
-    except (jwt.PyJWTError, ValueError, TypeError, KeyError):
+    except Exception:  # a malformed entry is skipped, the rest of the set still counts
         return None
     if isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
         key = key.public_key()
@@ -231,6 +231,10 @@ class Jwks:
         except (httpx.HTTPError, ValueError) as exc:
             # the cached keys stay: the IdP being down must not log everybody out
             log.warning("JWKS fetch from %s failed: %s", self.url, exc)
+            return
+        except Exception:
+            # whatever the IdP answers, a token gets 401 (never a 500); the keys stay
+            log.exception("JWKS fetch from %s failed", self.url)
             return
         self.keys = keys
         self.fetched_at = self.clock()
