@@ -40,6 +40,9 @@ class PushError(Exception):
         self.detail = detail or self.title
         self.extra = extra  # more members of the problem body (channels, retry_after, ...)
         self.headers: dict[str, str] = {}  # HTTP headers of the answer (Retry-After)
+        # On a WebSocket: the request this error refuses ({"op", "id"}), when the frame was
+        # understood and the connection goes on (an error frame), else None (a close).
+        self.request: dict[str, Any] | None = None
 
 
 class ConfigError(PushError):

@@ -118,7 +118,7 @@ def parse_binary(raw: bytes, limits: Limits) -> Frame:
         raise BadRequest("binary frame header is not valid JSON") from exc
     if not isinstance(obj, dict) or obj.get("type") != "publish":
         raise BadRequest("a binary frame must be a publish")
-    return parse_publish(obj, limits, key="id", payload=payload)
+    return _ws_publish(obj, limits, payload)
 
 
 def parse_object(obj: Any, limits: Limits) -> Frame:
@@ -144,7 +144,7 @@ def parse_object(obj: Any, limits: Limits) -> Frame:
             check_channels(obj.get("channels"), limits.max_channels, limits.max_channel_length)
         )
     if kind == "publish":
-        return parse_publish(obj, limits, key="id")
+        return _ws_publish(obj, limits)
     if kind == "ping":
         return Ping(obj.get("id"))
     if kind == "refresh":
@@ -167,6 +167,16 @@ def decode_b64(value: Any) -> bytes:
 # the member that names a publish: the WebSocket's required client message id, HTTP's
 # optional idempotency key (both are the idempotency key)
 _KEYS = {"id": ("id (the client message id)", True), "idempotency_key": ("idempotency_key", False)}
+
+
+def _ws_publish(obj: dict[str, Any], limits: Limits, payload: bytes | None = None) -> Publish:
+    try:
+        return parse_publish(obj, limits, key="id", payload=payload)
+    except PayloadTooLarge as exc:
+        # Understood, but over max_publish_bytes: the request fails, as a 413 over HTTP,
+        # and the connection goes on (an error frame naming it; the id was checked first).
+        exc.request = {"op": "publish", "id": obj["id"]}
+        raise
 
 
 def parse_publish(

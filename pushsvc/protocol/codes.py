@@ -64,7 +64,7 @@ CLOSE_CODES: dict[int, CloseCode] = {
         "going-away", "the server is shutting down or restarting", Policy.RESUME
     ),
     WS_1009_MESSAGE_TOO_BIG: CloseCode(
-        "too-big", "a frame exceeded max_frame_bytes, or a publish max_publish_bytes", Policy.RESUME
+        "too-big", "a frame exceeded max_frame_bytes", Policy.RESUME
     ),
     WS_1011_INTERNAL_ERROR: CloseCode("internal", "server or backend failure", Policy.RESUME),
     WS_1013_TRY_AGAIN_LATER: CloseCode("try-later", "connection limit reached", Policy.RESUME),

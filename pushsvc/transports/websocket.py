@@ -11,9 +11,10 @@ that connects with ``batch=1`` lets the server put several JSON frames, separate
 ``\n``, into one text message when they are queued together (a backlog): one write
 instead of one per event. Binary frames are never batched.
 
-Requests that fail (a forbidden subscribe, a publish over the rate) are answered with an
-``error`` frame and the connection stays; frames that cannot be understood close it with
-4400 (1009 when over the size limit).
+Requests that fail (a forbidden subscribe, a publish over the rate or over
+max_publish_bytes) are answered with an ``error`` frame and the connection stays; frames
+that cannot be understood close it with 4400 (1009 when over max_frame_bytes). Both are
+rendered by ``pushsvc.problems``.
 """
 
 from __future__ import annotations
@@ -213,6 +214,9 @@ class _Connection:
                     frame = client_frames.parse_binary(raw or b"", self.limits)
                 await self.handle(frame)
             except PushError as exc:
+                if exc.request is not None:  # a request refused: the connection goes on
+                    self._error(exc, **exc.request)
+                    continue
                 session.hub.metrics.error(exc)
                 session.close(exc.close_code, exc.detail)
             except Exception:
