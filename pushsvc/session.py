@@ -10,7 +10,10 @@ connection per event. A session without one (long-poll) wakes its waiting reques
 The outbound queue is bounded in messages and bytes. Live events never wait: on overflow
 the session is closed as a slow consumer, and the client resumes from the cursor of the
 last frame it received, so nothing is lost. History replay, on the other hand, waits for
-room in the queue (it is pulled from the log at the pace of the writer).
+room in the queue (it is pulled from the log at the pace of the writer). These decisions
+(the resume merge, the queue bounds, the closes) are ``pushsvc.protocol.session.SessionCore``'s,
+free of I/O; ``Session`` adds what awaits: the backend reads the core asks for, waiting
+for room, presence, and waking the hub's writer or a waiting long-poll.
 
 A session knows the hub and its writer only through the ``Registry`` and ``Flusher``
 protocols below, which this module owns: the hub and the writer import the session, never
@@ -28,11 +31,9 @@ from typing import Protocol
 
 from pushsvc.auth import Principal
 from pushsvc.backends.base import Backend, ReadResult
-from pushsvc.exceptions import BadRequest
 from pushsvc.metrics import Metrics
 from pushsvc.protocol import codes
-from pushsvc.protocol import cursor as cursor_codec
-from pushsvc.protocol.events import Event, Gap
+from pushsvc.protocol.events import Gap
 from pushsvc.protocol.ids import StreamId
 from pushsvc.protocol.presence import (
     PresenceDiff,
@@ -40,7 +41,7 @@ from pushsvc.protocol.presence import (
     PresenceSnapshot,
     presence_version,
 )
-from pushsvc.protocol.resume import ChannelPosition
+from pushsvc.protocol.session import Replay, SessionCore
 from pushsvc.protocol.wires import Frame, Wire
 from pushsvc.settings import Settings
 
@@ -82,66 +83,49 @@ class Flusher(Protocol):
     def cancel(self) -> None: ...
 
 
-class Session:
+class Session(SessionCore):
+    """The asyncio side of a session: it feeds ``SessionCore`` (awaits the log reads
+    its ``replay`` asks for, waits for room when it says so) and tells the hub or a
+    waiting long-poll when frames are queued. Decisions live in the core."""
+
     __slots__ = (
         "_drained",
         "_wakeup",
-        "bounded_replay",
-        "busy",
-        "channels",
-        "close_code",
-        "close_reason",
         "finished",
         "hub",
         "id",
         "last_seen",
+        "metrics",
         "presence",
         "presence_keep",
         "principal",
-        "queue",
-        "queued_bytes",
-        "scheduled",
-        "segments",
-        "wire",
         "writer",
     )
 
     def __init__(self, hub: Registry, principal: Principal, wire: Wire) -> None:
+        settings = hub.settings
+        super().__init__(
+            wire,
+            queue_messages=settings.outbound_queue_messages,
+            queue_bytes=settings.outbound_queue_bytes,
+            history_page=settings.history_page,
+            max_channels=settings.max_channels_per_session,
+        )
         self.id = next(_ids)
         self.hub = hub
+        self.metrics = hub.metrics
         self.principal = principal
-        self.wire = wire
-        self.channels: dict[str, ChannelPosition] = {}
-        self.segments: dict[str, str] = {}
-        self.queue: list[Frame] = []  # a list: an empty deque costs a 600-byte block
-        self.queued_bytes = 0
         # created on first use: most sessions never wait for either
         self._wakeup: asyncio.Future[bool] | None = None  # long-poll: waiting for frames
         self._drained: asyncio.Event | None = None  # history replay: room in the queue
         self.writer: Flusher | None = None  # set by WebSocket and SSE transports
-        self.scheduled = False  # waiting in the hub's flush list
         self.finished = False  # the writer wrote the close: nothing more goes out
-        self.close_code: int | None = None
-        self.close_reason = ""
-        self.busy = False  # something was queued since the last heartbeat tick
         self.last_seen = time.monotonic()  # last frame from the client (WebSocket)
-        # Long-poll: stop replaying history once a batch is pending (nobody drains the
-        # queue before the answer is written); the cursor says where to go on.
-        self.bounded_replay = False
         # channels whose presence this session joined (created on first use)
         self.presence: dict[str, PresenceFeed] | None = None
         # Long-poll: the entry outlives the request (the next poll renews it); on release
         # it is no longer renewed here and expires unless a poll comes back.
         self.presence_keep = False
-
-    # --- cursor ----------------------------------------------------------------------
-
-    @property
-    def cursor(self) -> str:
-        return cursor_codec.VERSION + "".join(self.segments.values())
-
-    def _advance(self, channel: str, position: StreamId) -> None:
-        self.segments[channel] = cursor_codec.segment(cursor_codec.channel_hash(channel), position)
 
     # --- subscription and resume -------------------------------------------------------
 
@@ -154,15 +138,7 @@ class Session:
         """Register live on the channels not yet subscribed and seed their positions;
         queue a ``subscribed`` answer (always, even when nothing was new). Returns the new
         channels: ``catch_up`` replays them and lets their live events through."""
-        new = [c for c in channels if c not in self.channels]
-        limit = self.hub.settings.max_channels_per_session
-        if len(self.channels) + len(new) > limit:
-            raise BadRequest(f"at most {limit} channels per session")
-        for c in new:
-            # released buffered events must fit in the queue on top of its high-water mark
-            self.channels[c] = ChannelPosition(
-                (0, 0), max(1, self.hub.settings.outbound_queue_messages // 2)
-            )
+        new = self.add_channels(channels)
         try:
             await self.hub.join(self, new)
             backend = self.hub.backend
@@ -171,8 +147,7 @@ class Session:
                 if start is None:
                     # Quiet-channel-safe: seed at the top, read after registering live.
                     start = await backend.top(c)
-                self.channels[c].position = start
-                self._advance(c, start)
+                self.seed(c, start)
         except BaseException:
             self.unsubscribe(new)  # nothing half-subscribed stays behind
             raise
@@ -182,71 +157,39 @@ class Session:
     async def catch_up(self, new: list[str], positions: dict[str, StreamId | None]) -> None:
         """Replay what the log holds after each new channel's position, then go live."""
         for c in new:
-            if self.bounded_replay and self._batch_full():
+            if self.bounded_replay and self.batch_full():
                 break
             await self._catch_up(c)
             if positions.get(c) is not None:
-                self.hub.metrics.resumed(self, c)
+                self.metrics.resumed(self, c)
 
     async def _catch_up(self, channel: str) -> None:
-        page = self.hub.settings.history_page
         pos = self.channels.get(channel)
-        while pos is not None and self.close_code is None:
-            result = await self.hub.read_after(channel, pos.position, page)
-            if self.channels.get(channel) is not pos:
-                return  # unsubscribed meanwhile
-            if result.gap is not None and result.gap.until > pos.position:
-                self._emit_gap(result.gap, pos)
-            pos.clamp(result.top)
-            high = self.hub.settings.outbound_queue_messages // 2
-            for event in result.events:
-                # history is pulled at the writer's pace: never overflow our own queue
-                if self.bounded_replay and self._batch_full():
-                    return
-                if len(self.queue) > high:
-                    await self._wait_room()
-                if self.close_code is not None or self.channels.get(channel) is not pos:
-                    return
-                if pos.admit(event):
-                    self._emit(event)
-            if len(result.events) < page:
-                released = pos.go_live()
-                if released is None:
-                    continue  # live buffer overflowed: the log has those events, read on
-                for event in released:
-                    self._emit(event)
+        if pos is None:
+            return
+        page = self.history_page
+        while True:
+            step = self.replay(channel, pos)
+            if step is Replay.READ:
+                result = await self.hub.read_after(channel, pos.position, page)
+                self.history(channel, pos, result.events, result.gap, result.top)
+            elif step is Replay.ROOM:
+                await self._wait_room()
+            else:
                 return
 
-    def on_gap(self, gap: Gap) -> None:
-        """The listener lost ``gap``'s events (trimmed during an outage): report the part
-        this session had not got past, and go on after it."""
-        pos = self.channels.get(gap.channel)
-        if pos is None or gap.until <= pos.position:
-            return
-        self._emit_gap(Gap(gap.channel, pos.position, gap.until), pos)
-
-    def _emit_gap(self, gap: Gap, pos: ChannelPosition) -> None:
-        self.hub.metrics.gap(self, gap)
-        pos.position = gap.until
-        self._advance(gap.channel, gap.until)
-        self.push(self.wire.gap(gap, self.cursor))
-
-    def _batch_full(self) -> bool:
-        settings = self.hub.settings
-        return len(self.queue) >= min(settings.history_page, settings.outbound_queue_messages // 2)
+    def _gapped(self, gap: Gap) -> None:
+        self.metrics.gap(self, gap)
 
     async def _wait_room(self) -> None:
-        high = self.hub.settings.outbound_queue_messages // 2
-        while len(self.queue) > high and self.close_code is None:
+        while not self.room() and self.close_code is None:
             if self._drained is None:
                 self._drained = asyncio.Event()
             self._drained.clear()
             await self._drained.wait()
 
     def unsubscribe(self, channels: list[str]) -> None:
-        gone = [c for c in channels if self.channels.pop(c, None) is not None]
-        for c in gone:
-            self.segments.pop(c, None)
+        gone = self.drop_channels(channels)
         self.leave_presence(gone)
         self.hub.leave(self, gone)
 
@@ -343,53 +286,7 @@ class Session:
                 feed.cancel()
                 self.hub.presence_forget(feed.entry, leave=not self.presence_keep)
 
-    # --- live path (hot) ---------------------------------------------------------------
-
-    def on_live(self, event: Event, frames: dict[type[Wire], Frame] | None = None) -> None:
-        """A live event of a subscribed channel. ``frames`` is the hub's per-event memo
-        of single-channel frames by wire, shared by all the sessions it dispatches to."""
-        pos = self.channels.get(event.channel)
-        if pos is None:
-            return
-        if pos.live:  # ChannelPosition.admit, inlined: this runs per session per event
-            if event.id <= pos.position:
-                return
-            pos.position = event.id
-        elif not pos.offer_live(event):
-            return
-        self._emit(event, frames)
-
-    def _emit(self, event: Event, frames: dict[type[Wire], Frame] | None = None) -> None:
-        segments = self.segments
-        segments[event.channel] = event.segment
-        wire = self.wire
-        if len(segments) == 1 or not wire.needs_cursor:
-            if frames is None:
-                frame = wire.event(event, None)
-            else:
-                kind = type(wire)
-                cached = frames.get(kind)
-                if cached is None:
-                    cached = frames[kind] = wire.event(event, None)
-                frame = cached
-        else:
-            frame = wire.event(event, self.cursor)
-        self.push(frame)
-
-    def push(self, frame: Frame) -> None:
-        if self.close_code is not None or not frame:
-            return
-        queue = self.queue
-        size = self.queued_bytes + len(frame)
-        settings = self.hub.settings
-        if len(queue) >= settings.outbound_queue_messages or size > settings.outbound_queue_bytes:
-            self.close(codes.WS_4008_SLOW_CONSUMER, "slow consumer: outbound queue overflowed")
-            return
-        queue.append(frame)
-        self.queued_bytes = size
-        self.busy = True
-        if not self.scheduled:
-            self._notify()
+    # --- notifications ----------------------------------------------------------------
 
     def _notify(self) -> None:
         if self.writer is not None:
@@ -422,20 +319,16 @@ class Session:
                 timer.cancel()
 
     def drain(self) -> list[Frame]:
-        frames = self.queue
-        self.queue = []
-        self.queued_bytes = 0
+        frames = super().drain()
         if self._drained is not None:
             self._drained.set()
         return frames
 
     def close(self, code: int = codes.WS_1000_NORMAL_CLOSURE, reason: str = "") -> None:
         if self.close_code is None:
-            self.close_code = code
-            self.close_reason = reason
+            super().close(code, reason)
             if self._drained is not None:
                 self._drained.set()
-            self._notify()
 
     def release(self) -> None:
         """Leave every channel; the transport calls this once when the connection ends."""
