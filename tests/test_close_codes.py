@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +18,9 @@ from pushsvc.client._errors import Transient
 from pushsvc.client._transports import classify_close
 from pushsvc.protocol import codes
 from pushsvc.protocol.codes import CLOSE_CODES, Policy, close_policy
+from tests.fixtures_browser import BrowserClient
+from tests.fixtures_server import Server
+from tests.waiting import until
 
 ROOT = Path(__file__).resolve().parent.parent
 STATIC = ROOT / "pushsvc" / "static"
@@ -113,3 +117,25 @@ def test_no_close_code_list_of_its_own(path: str) -> None:
     code = r"\b(?:1008|1001|1009|1011|1013|4000|4008|44\d\d)\b"
     lists = re.findall(r"[{\[(][^{}\[\]()]*" + code + r"[^{}\[\]()]*[}\])]", source)
     assert not lists, f"{path} keeps its own close codes: {lists}"
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("backend_url", ["memory"], indirect=True)
+async def test_browser_client_stops_after_a_stop_code_and_resumes_after_a_drop(
+    server_factory: Any, nginx_factory: Any, browser_client: BrowserClient
+) -> None:
+    server: Server = server_factory(heartbeat_interval=1)
+    proxy = nginx_factory("good", server.port)  # the test page's origin
+    fast = {"connect_timeout": 3.0, "backoff_base": 0.2, "backoff_cap": 1.0}
+    await browser_client.start(proxy.url, server.token(), ["feed"], **fast)
+    assert await browser_client.wait_connected() == "websocket"
+    # a close without a code (the page drops its socket: 1005/1006): reconnect and resume
+    await browser_client._eval("() => window.client._active.ws.close()")
+    await until(lambda: browser_client.log_kinds("lost"), 10, "the client to notice the drop")
+    assert await browser_client.wait_connected() == "websocket"
+    assert await browser_client.state() == "connected"
+    # a frame the server cannot understand: 4400, whose policy is stop
+    await browser_client._eval("() => window.client._active.ws.send('not json')")
+    await until(browser_client.state, 10, "the client to close", check=lambda s: s == "closed")
+    fatal = browser_client.log_kinds("fatal")
+    assert fatal and "4400" in fatal[0]["detail"]
