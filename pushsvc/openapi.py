@@ -428,6 +428,8 @@ def openapi_document(settings: Settings, root_path: str = "") -> dict[str, Any]:
         "parameter; `bad-cursor` for a cursor that does not decode.",
         "401": "Missing, invalid or expired credential (`reason: expired`).",
         "403": "The token does not grant the channel(s), named in `channels` or `channel`.",
+        "404": "No route matches the path: a channel that cannot stand in it (a line break, "
+        "a `.` or `..` segment).",
         "413": f"A body, message or batch over its limit (max_publish_bytes "
         f"{s.max_publish_bytes}, max_batch_messages {s.max_batch_messages}).",
         "429": "Over the publish rate of the token's subject or the API key (`Retry-After`).",
@@ -436,7 +438,7 @@ def openapi_document(settings: Settings, root_path: str = "") -> dict[str, Any]:
     }
     responses: dict[str, Any] = {}
     for status, text in problem_text.items():
-        types = _problem_types(int(status))
+        types = _problem_types(int(status)) or ["about:blank"]
         response: dict[str, Any] = {
             "description": text + " Problem types: " + ", ".join(f"`{t}`" for t in types) + ".",
             "content": problem_content,
@@ -460,6 +462,7 @@ def openapi_document(settings: Settings, root_path: str = "") -> dict[str, Any]:
         }
 
     channel_ops_errors = _errors("400", "401", "403", "503")
+    channel_path_errors = _errors("400", "401", "403", "404", "503")
     paths: dict[str, Any] = {
         "/v1/publish": {
             "post": op(
@@ -603,7 +606,7 @@ def openapi_document(settings: Settings, root_path: str = "") -> dict[str, Any]:
                 "at `next_after` (and keeps the other channels of the `cursor` given).",
                 {
                     "200": _json(_ref("History"), "One page of the log."),
-                    **_errors("400", "401", "403", "503"),
+                    **channel_path_errors,
                 },
                 security=subscribe_security,
                 parameters=[
@@ -643,7 +646,7 @@ def openapi_document(settings: Settings, root_path: str = "") -> dict[str, Any]:
                 f"({s.presence_snapshot_max}) members, none listed and `truncated: true`.",
                 {
                     "200": _json(_ref("Presence"), "The channel's presence."),
-                    **channel_ops_errors,
+                    **channel_path_errors,
                 },
                 security=security_all,
                 parameters=[channel_path],
@@ -656,7 +659,7 @@ def openapi_document(settings: Settings, root_path: str = "") -> dict[str, Any]:
                 "The counts only: the cost does not grow with the members.",
                 {
                     "200": _json(_ref("PresenceStats"), "The counts."),
-                    **channel_ops_errors,
+                    **channel_path_errors,
                 },
                 security=security_all,
                 parameters=[channel_path],

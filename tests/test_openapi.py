@@ -183,6 +183,7 @@ contract = schemathesis.openapi.from_dict(
     _LIVE_DOCUMENT,
     config=SchemathesisConfig.from_dict(
         {
+            "cache": {"enabled": False},  # no .schemathesis/ in the work tree
             "max-stream-events": 1,
             "request-timeout": 10,
             "generation": {"max-examples": 15},
@@ -211,7 +212,7 @@ def test_live_server_serves_the_document_under_test(live_server: Server) -> None
 
 
 @contract.parametrize()
-@settings(deadline=None, suppress_health_check=list(HealthCheck))
+@settings(deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 def test_live_server_conforms_to_its_contract(case: Any, live_server: Server) -> None:
     """Generated requests, valid and invalid, on every operation (bounded: 15 examples
     each plus schemathesis' coverage cases): no 500, and every answer's status, headers
