@@ -174,11 +174,16 @@ def valid_requests_are_accepted(ctx: CheckContext, response: Any, case: Any) -> 
 # The live server's settings, and so its document, known before it starts: the generated
 # tests are collected from the document (the test below checks that the server serves it).
 # Short long-poll timeouts (the document's bound follows), and heartbeats often enough that
-# an SSE stream reaches the few events schemathesis reads before it hangs up.
-_SERVER = make_server(
-    "memory://", poll_timeout_max=0.3, poll_timeout_default=0.1, heartbeat_interval=0.5
+# an SSE stream soon has the event schemathesis reads before it hangs up. The port, unused
+# by the document, is picked when the server starts.
+_SERVER_SETTINGS: dict[str, Any] = {
+    "poll_timeout_max": 0.3,
+    "poll_timeout_default": 0.1,
+    "heartbeat_interval": 0.5,
+}
+_LIVE_DOCUMENT = openapi_document(
+    Settings.from_env(make_server("memory://", port=1, **_SERVER_SETTINGS).env)
 )
-_LIVE_DOCUMENT = openapi_document(Settings.from_env(_SERVER.env))
 contract = schemathesis.openapi.from_dict(
     _LIVE_DOCUMENT,
     config=SchemathesisConfig.from_dict(
@@ -200,7 +205,7 @@ contract = schemathesis.openapi.from_dict(
 
 @pytest.fixture(scope="module")
 def live_server() -> Iterator[Server]:
-    srv = _SERVER.start()
+    srv = make_server("memory://", **_SERVER_SETTINGS).start()  # a port free now
     yield srv
     srv.stop()
 
