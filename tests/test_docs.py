@@ -83,7 +83,7 @@ def test_websocket_reference_has_every_frame_type() -> None:
     text = page("reference/websocket.md")
     client = set(re.findall(r'kind == "([\w-]+)"', _source("protocol", "client_frames.py")))
     server = {"event", "gap", "subscribed"}
-    for module in (("transports", "websocket.py"), ("hub.py",), ("wires.py",)):
+    for module in (("transports", "websocket.py"), ("hub.py",), ("protocol", "wires.py")):
         server |= set(re.findall(r'(?:ws_control|control)\(\s*"([\w-]+)"', _source(*module)))
     assert client >= {"subscribe", "unsubscribe", "publish", "ping", "refresh"}
     for kind in sorted(client | server):
