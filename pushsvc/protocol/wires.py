@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from pushsvc.protocol import cursor as cursor_codec
 from pushsvc.protocol import frames
 from pushsvc.protocol.events import Event, Gap
 from pushsvc.protocol.presence import PresenceDiff, PresenceSnapshot
@@ -71,6 +72,72 @@ class SSEWire(Wire):
 
     def control(self, kind: str, cursor: str | None = None, **fields: object) -> Frame:
         return frames.sse_control(kind, cursor, **fields)
+
+
+# SSE types a published event never takes on the named wire: the control frames' own
+# (a page's ``gap`` or ``close`` listener must see only pushsvc's), and ``open`` and
+# ``error``, which ``EventSource`` fires itself (an ``event: error`` frame would reach
+# ``onerror``). Such an event goes as ``message``; its name is still in the data.
+SSE_RESERVED_TYPES = frozenset(
+    {
+        "subscribed",
+        "gap",
+        "heartbeat",
+        "presence",
+        "join",
+        "leave",
+        "token-expired",
+        "close",
+        "open",
+        "error",
+    }
+)
+
+
+def sse_event_type(name: str) -> str:
+    """The SSE ``event:`` type of an event named ``name`` on the named wire. Publish
+    allows no line break in a name; a name with one (in a log another program wrote)
+    would end the field early, so it goes as ``message`` too."""
+    if name in SSE_RESERVED_TYPES or "\n" in name or "\r" in name:
+        return "message"
+    return name
+
+
+class SSENamedWire(SSEWire):
+    """SSE with the event's name as its ``event:`` type (``?named_events=1``), so a page
+    can ``addEventListener("order.created", ...)``; an unnamed event is ``message``.
+    Everything else is as on ``SSEWire``: the same ``data:``, ``id:`` and control frames.
+    A wire format of its own (the hub memoizes frames by wire class), so its frames are
+    encoded once per event for all the sessions that chose it, and only when one did."""
+
+    name = "sse"
+
+    def event(self, event: Event, cursor: str | None) -> Frame:
+        cache = event.cache
+        if cursor is None:
+            frame: bytes | None = cache.get("ssen1")
+            if frame is None:
+                frame = cache["ssen1"] = (
+                    self._prefix(event)
+                    + cursor_codec.VERSION.encode()
+                    + event.segment.encode()
+                    + b"\n\n"
+                )
+            return frame
+        return self._prefix(event) + cursor.encode() + b"\n\n"
+
+    @staticmethod
+    def _prefix(event: Event) -> bytes:
+        prefix: bytes | None = event.cache.get("ssenp")
+        if prefix is None:
+            prefix = event.cache["ssenp"] = (
+                b"event: "
+                + sse_event_type(event.name).encode()
+                + b"\ndata: "
+                + frames.envelope(event)
+                + b"\nid: "
+            )
+        return prefix
 
 
 class PollWire(Wire):

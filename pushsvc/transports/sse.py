@@ -13,18 +13,24 @@ for the disconnect. Server shutdown closes the session, which ends the stream.
 
 The first bytes are a comment sent at once: a client that does not see them within a
 short window is behind a buffering proxy and should fall back to long-polling.
+
+``named_events=1`` sends each event's name as its SSE ``event:`` type (``SSENamedWire``)
+for pages that use ``EventSource.addEventListener(name, ...)``; the default keeps the
+type ``message`` for every event, which the browser client reads with one listener.
 """
 
 from __future__ import annotations
 
 import logging
 
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from pushsvc.exceptions import BadRequest
 from pushsvc.protocol import codes, frames
-from pushsvc.protocol.wires import Frame, SSEWire
+from pushsvc.protocol.wires import Frame, SSENamedWire, SSEWire
 from pushsvc.session import Session
 from pushsvc.transports.admission import Opening, open_request
 from pushsvc.transports.asgi import state
@@ -50,20 +56,31 @@ async def sse_endpoint(request: Request) -> Response:
         or request.query_params.get("cursor")
     )
     opening = await open_request(settings, hub, auth, request.headers, request.query_params, cursor)
-    return SSEStream(request, opening)
+    named = named_events(request.query_params)
+    return SSEStream(request, opening, named)
+
+
+def named_events(query: QueryParams) -> bool:
+    """``?named_events=1``: the event's name as the SSE type; ``0`` or absent: ``message``."""
+    raw = query.get("named_events")
+    if raw is None or raw in ("", "0", "false"):
+        return False
+    if raw in ("1", "true"):
+        return True
+    raise BadRequest("named_events must be 1 or 0")
 
 
 class SSEStream(Response):
     media_type = "text/event-stream"
 
-    def __init__(self, request: Request, opening: Opening) -> None:
+    def __init__(self, request: Request, opening: Opening, named: bool = False) -> None:
         # no Content-Length: the body is endless
         self.status_code = 200
         self.background = None
         self.raw_headers = _RAW_HEADERS  # copied when sent: middleware may add to them
         settings, hub, _ = state(request.scope)
         self.opening: Opening | None = opening
-        self.session = Session(hub, opening.principal, SSEWire())
+        self.session = Session(hub, opening.principal, SSENamedWire() if named else SSEWire())
         self.retry_ms = settings.sse_retry_ms
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
