@@ -1,5 +1,7 @@
 """pushsvc: push messaging over WebSocket, SSE and long-polling, with lossless resume."""
 
+import typing
+
 from pushsvc.__version__ import __version__
 from pushsvc.exceptions import (
     BackendError,
@@ -17,6 +19,26 @@ from pushsvc.exceptions import (
 )
 from pushsvc.settings import Settings
 
+if typing.TYPE_CHECKING:
+    from pushsvc.publisher import Publisher, SyncPublisher
+    from pushsvc.service import PushService
+
+# Imported on first use: `import pushsvc` stays light (no Starlette app, no httpx).
+_LAZY = {
+    "Publisher": "pushsvc.publisher",
+    "PushService": "pushsvc.service",
+    "SyncPublisher": "pushsvc.publisher",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'pushsvc' has no attribute {name!r}")
+
+
 __all__ = [
     "BackendError",
     "BadCursor",
@@ -26,8 +48,11 @@ __all__ = [
     "Forbidden",
     "NotFound",
     "PayloadTooLarge",
+    "Publisher",
     "PushError",
+    "PushService",
     "Settings",
+    "SyncPublisher",
     "TooManyRequests",
     "Unauthorized",
     "Unavailable",

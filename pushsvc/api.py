@@ -12,13 +12,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from pushsvc.auth import Principal, credential_from
-from pushsvc.backends.base import Message
+from pushsvc.backends.base import Message, ReadResult
 from pushsvc.exceptions import BackendError, BadRequest, PayloadTooLarge, PushError
 from pushsvc.protocol import client_frames, frames
 from pushsvc.protocol import cursor as cursor_codec
 from pushsvc.protocol.events import dump_json
-from pushsvc.protocol.ids import format_id, parse_id
+from pushsvc.protocol.ids import StreamId, format_id, parse_id
 from pushsvc.protocol.names import check_channel, check_channels
+from pushsvc.settings import Settings
 from pushsvc.transports.admission import limit_publish, positions_from
 from pushsvc.transports.asgi import state
 
@@ -49,11 +50,11 @@ def _message(obj: Any, limits: client_frames.Limits) -> Message:
     return Message(p.channel, p.event, p.data, p.binary, p.id)
 
 
-async def publish(request: Request) -> Response:
-    settings, hub, auth = state(request.scope)
-    principal = await auth.authenticate(credential_from(request.headers, request.query_params))
+def publish_messages(body: Any, settings: Settings) -> tuple[list[Message], bool]:
+    """The messages of a publish body (one message, or ``{"messages": […]}``) and whether
+    it is a batch: the validation and limits of ``POST /v1/publish``, which
+    ``pushsvc.PushService`` shares."""
     limits = client_frames.limits_from(settings)
-    body = await read_json(request, settings.max_publish_bytes * settings.max_batch_messages + 4096)
     batch = isinstance(body, dict) and "messages" in body
     if batch:
         raw = body["messages"]
@@ -61,9 +62,15 @@ async def publish(request: Request) -> Response:
             raise BadRequest("messages must be a non-empty list")
         if len(raw) > settings.max_batch_messages:
             raise PayloadTooLarge(f"at most {settings.max_batch_messages} messages per batch")
-        messages = [_message(m, limits) for m in raw]
-    else:
-        messages = [_message(body, limits)]
+        return [_message(m, limits) for m in raw], True
+    return [_message(body, limits)], False
+
+
+async def publish(request: Request) -> Response:
+    settings, hub, auth = state(request.scope)
+    principal = await auth.authenticate(credential_from(request.headers, request.query_params))
+    body = await read_json(request, settings.max_publish_bytes * settings.max_batch_messages + 4096)
+    messages, batch = publish_messages(body, settings)
     for m in messages:
         principal.check_publish(m.channel)
     limit_publish(request.scope, principal, len(messages))
@@ -162,24 +169,15 @@ async def history(request: Request) -> Response:
     channel = check_channel(request.path_params["channel"], settings.max_channel_length)
     principal.check_subscribe([channel])
     query = request.query_params
-    after = parse_id(query["after"]) if query.get("after") else (0, 0)
-    raw_limit = query.get("limit", "100")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= settings.history_limit_max:
-        raise BadRequest(f"limit must be an integer from 1 to {settings.history_limit_max}")
+    after, limit = history_range(settings, query.get("after"), query.get("limit", "100"))
     # other channels' positions to keep in the answered cursor (one cursor for several)
     kept = cursor_codec.decode(query["cursor"]) if query.get("cursor") else {}
-    result = await hub.backend.read_after(channel, after, int(raw_limit))
+    result = await hub.backend.read_after(channel, after, limit)
     items = []
     if result.gap is not None:
         items.append(frames.poll_gap(result.gap))
     items += [frames.poll_event(e) for e in result.events]
-    last = (
-        result.events[-1].id
-        if result.events
-        else max(after, result.gap.until if result.gap else after)
-    )
-    if not result.events and result.gap is None and after > result.top:
-        last = result.top  # a position past the log (a reset memory backend): its top
+    last = history_next_after(after, result)
     kept[cursor_codec.channel_hash(channel)] = last
     cursor = cursor_codec.VERSION + "".join(cursor_codec.segment(h, p) for h, p in kept.items())
     body = (
@@ -198,7 +196,28 @@ async def history(request: Request) -> Response:
     return Response(body, media_type="application/json")
 
 
-def _info(raw: bytes) -> Any:
+def history_range(settings: Settings, after: str | None, limit: str) -> tuple[StreamId, int]:
+    """The ``after`` position and ``limit`` of a history read, checked (shared with
+    ``pushsvc.PushService``)."""
+    position = parse_id(after) if after else (0, 0)
+    if not limit.isdigit() or not 1 <= int(limit) <= settings.history_limit_max:
+        raise BadRequest(f"limit must be an integer from 1 to {settings.history_limit_max}")
+    return position, int(limit)
+
+
+def history_next_after(after: StreamId, result: ReadResult) -> StreamId:
+    """Where the next page of a history read starts."""
+    last = (
+        result.events[-1].id
+        if result.events
+        else max(after, result.gap.until if result.gap else after)
+    )
+    if not result.events and result.gap is None and after > result.top:
+        last = result.top  # a position past the log (a reset memory backend): its top
+    return last
+
+
+def member_info(raw: bytes) -> Any:
     try:
         return json.loads(raw) if raw else {}
     except ValueError:
@@ -217,7 +236,7 @@ async def presence(request: Request) -> Response:
         {
             "channel": channel,
             "members": [
-                {"subject": subject, "info": _info(info), "connections": connections}
+                {"subject": subject, "info": member_info(info), "connections": connections}
                 for subject, info, connections in snap.members
             ],
             "member_count": snap.member_count,
