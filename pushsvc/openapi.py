@@ -298,16 +298,24 @@ def openapi_document(settings: Settings, root_path: str = "") -> dict[str, Any]:
             "properties": {
                 "event": {
                     "type": "string",
-                    "enum": [
-                        "message",
-                        "subscribed",
-                        "gap",
-                        "presence",
-                        "join",
-                        "leave",
-                        "heartbeat",
-                        "token-expired",
-                        "close",
+                    "description": "The SSE type; with `named_events=1`, a published "
+                    "event's name instead of `message` (except the names listed here, and "
+                    "`open` and `error`).",
+                    "anyOf": [
+                        {
+                            "enum": [
+                                "message",
+                                "subscribed",
+                                "gap",
+                                "presence",
+                                "join",
+                                "leave",
+                                "heartbeat",
+                                "token-expired",
+                                "close",
+                            ]
+                        },
+                        {"pattern": EVENT_PATTERN},
                     ],
                 },
                 "data": {"type": "string", "description": "A JSON object."},
@@ -550,6 +558,14 @@ def openapi_document(settings: Settings, root_path: str = "") -> dict[str, Any]:
                     {**cursor_query, "description": "Same as `last_event_id`."},
                     presence_flag,
                     presence_id,
+                    {
+                        "name": "named_events",
+                        "in": "query",
+                        "description": "`1`: each published event's name is its SSE type, "
+                        "for `addEventListener(name, ...)`; `0` or absent: every event is "
+                        "`message`.",
+                        "schema": {"type": "string", "enum": ["0", "1", "false", "true", ""]},
+                    },
                 ],
             )
         },
