@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import Any, NotRequired, Self, TypedDict
+from typing import Any, NotRequired, Self, TypedDict, TypeVar
 
 import httpx
 
@@ -56,6 +56,13 @@ from pushsvc.exceptions import (
 )
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+
+# The batcher's queue: messages with the future of their event ID, and markers
+F = TypeVar("F")
+_Item = tuple[dict[str, Any], F]
+_Queued = _Item[F] | str
+FLUSH = "flush"  # send what is queued now
+STOP = "stop"  # the sync batcher's thread ends
 PUBLISH_PATH = "/v1/publish"
 
 _BY_PROBLEM: dict[str, type[PushError]] = {
@@ -265,7 +272,7 @@ class Publisher(_Base):
         self._http = httpx.AsyncClient(
             base_url=self.url, headers=self.headers, timeout=timeout, transport=transport
         )
-        self._queue: asyncio.Queue[tuple[dict[str, Any], asyncio.Future[str]]] | None = None
+        self._queue: asyncio.Queue[_Queued[asyncio.Future[str]]] | None = None
         self._batcher: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -311,8 +318,10 @@ class Publisher(_Base):
         return ids
 
     async def flush(self) -> None:
-        """Wait until every queued message is sent (or has failed)."""
+        """Send what is queued now (without waiting for the batch window) and wait until
+        every queued message is sent or has failed."""
         if self._queue is not None:
+            await self._queue.put(FLUSH)
             await self._queue.join()
 
     async def aclose(self) -> None:
@@ -353,12 +362,14 @@ class Publisher(_Base):
                     raise error
             await asyncio.sleep(delay)
 
-    async def _run_batcher(
-        self, q: asyncio.Queue[tuple[dict[str, Any], asyncio.Future[str]]]
-    ) -> None:
+    async def _run_batcher(self, q: asyncio.Queue[_Queued[asyncio.Future[str]]]) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await q.get()]
+            first = await q.get()
+            if isinstance(first, str):
+                q.task_done()
+                continue
+            batch, markers = [first], 0
             ends_at = loop.time() + self.batch_window
             while len(batch) < self.max_batch:
                 if q.empty():
@@ -366,15 +377,19 @@ class Publisher(_Base):
                     if wait <= 0:
                         break
                     try:
-                        batch.append(await asyncio.wait_for(q.get(), wait))
+                        item = await asyncio.wait_for(q.get(), wait)
                     except TimeoutError:
                         break
                 else:
-                    batch.append(q.get_nowait())
+                    item = q.get_nowait()
+                if isinstance(item, str):  # flush: send now
+                    markers += 1
+                    break
+                batch.append(item)
             try:
                 await self._send_batch(batch)
             finally:
-                for _ in batch:
+                for _ in range(len(batch) + markers):
                     q.task_done()
 
     async def _send_batch(self, batch: list[tuple[dict[str, Any], asyncio.Future[str]]]) -> None:
@@ -436,7 +451,7 @@ class SyncPublisher(_Base):
         self._http = httpx.Client(
             base_url=self.url, headers=self.headers, timeout=timeout, transport=transport
         )
-        self._queue: queue.Queue[tuple[dict[str, Any], concurrent.futures.Future[str]] | None]
+        self._queue: queue.Queue[_Queued[concurrent.futures.Future[str]]]
         self._queue = queue.Queue(max_queue)
         self._batcher: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -485,7 +500,9 @@ class SyncPublisher(_Base):
         return ids
 
     def flush(self) -> None:
-        self._queue.join()
+        if self._batcher is not None:
+            self._queue.put(FLUSH)
+            self._queue.join()
 
     def close(self) -> None:
         if self._closed:
@@ -495,7 +512,7 @@ class SyncPublisher(_Base):
             self.flush()
         finally:
             if self._batcher is not None:
-                self._queue.put(None)
+                self._queue.put(STOP)
                 self._batcher.join()
             self._http.close()
 
@@ -525,29 +542,32 @@ class SyncPublisher(_Base):
             time.sleep(delay)
 
     def _run_batcher(self) -> None:
+        q = self._queue
         while True:
-            first = self._queue.get()
-            if first is None:
-                self._queue.task_done()
-                return
-            batch = [first]
+            first = q.get()
+            if isinstance(first, str):
+                q.task_done()
+                if first == STOP:
+                    return
+                continue
+            batch: list[_Item[concurrent.futures.Future[str]]] = [first]
+            marker: str | None = None
             ends_at = time.monotonic() + self.batch_window
-            stop = False
             while len(batch) < self.max_batch:
                 try:
-                    item = self._queue.get(timeout=max(0.0, ends_at - time.monotonic()))
+                    item = q.get(timeout=max(0.0, ends_at - time.monotonic()))
                 except queue.Empty:
                     break
-                if item is None:
-                    stop = True
+                if isinstance(item, str):  # flush or stop: send now
+                    marker = item
                     break
                 batch.append(item)
             try:
                 self._send_batch(batch)
             finally:
-                for _ in range(len(batch) + stop):
-                    self._queue.task_done()
-            if stop:
+                for _ in range(len(batch) + (marker is not None)):
+                    q.task_done()
+            if marker == STOP:
                 return
 
     def _send_batch(
