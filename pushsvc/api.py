@@ -169,7 +169,8 @@ async def history(request: Request) -> Response:
     channel = check_channel(request.path_params["channel"], settings.max_channel_length)
     principal.check_subscribe([channel])
     query = request.query_params
-    after, limit = history_range(settings, query.get("after"), query.get("limit", "100"))
+    default_limit = str(min(100, settings.history_limit_max))
+    after, limit = history_range(settings, query.get("after"), query.get("limit", default_limit))
     # other channels' positions to keep in the answered cursor (one cursor for several)
     kept = cursor_codec.decode(query["cursor"]) if query.get("cursor") else {}
     result = await hub.backend.read_after(channel, after, limit)

@@ -637,14 +637,13 @@ def openapi_document(settings: Settings, root_path: str = "") -> dict[str, Any]:
                     {
                         "name": "limit",
                         "in": "query",
-                        "description": "Events per page (without it, 100).",
+                        "description": "Events per page (without it, 100, or "
+                        "history_limit_max when that is lower).",
                         "schema": {
                             "type": "integer",
                             "minimum": 1,
                             "maximum": s.history_limit_max,
-                            # the default is 100 whatever the maximum: below 100, a request
-                            # without limit is refused (400)
-                            **({"default": 100} if s.history_limit_max >= 100 else {}),
+                            "default": min(100, s.history_limit_max),
                         },
                     },
                     {

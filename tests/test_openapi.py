@@ -82,6 +82,7 @@ def test_configured_limits_are_schema_constraints() -> None:
         p["name"]: p for p in doc["paths"]["/v1/channels/{channel}/history"]["get"]["parameters"]
     }
     assert history["limit"]["schema"]["maximum"] == 50
+    assert history["limit"]["schema"]["default"] == 50
     validate(doc)
 
 
