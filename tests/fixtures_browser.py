@@ -18,12 +18,14 @@ import asyncio
 import contextlib
 import os
 import shutil
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import TimeoutError as PlaywrightTimeoutError
+
+from tests.waiting import until
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -95,16 +97,6 @@ async def lazy_browser() -> AsyncIterator[Callable[[], Awaitable[Browser]]]:
         await launched[1].close()
     if launched:
         await launched[0].stop()
-
-
-async def wait_until(
-    predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.02
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 class BrowserClient:
@@ -179,6 +171,25 @@ class BrowserClient:
         )
         return [event_id for ch, event_id in seen if ch == channel]
 
+    async def wait_seen(self, channel: str, count: int, timeout: float = 10) -> list[str]:
+        """Wait, in the page, until its own record holds ``count`` events of ``channel``
+        (``page.wait_for_function``: the condition, not a sleep); return their IDs."""
+        assert self.page is not None
+        try:
+            await self.page.wait_for_function(
+                """([c, n]) => JSON.parse(sessionStorage.getItem('pushsvc-test:seen') || '[]')
+                    .filter((s) => s[0] === c).length >= n""",
+                arg=[channel, count],
+                timeout=timeout * 1000,
+                polling=50,
+            )
+        except PlaywrightTimeoutError:
+            raise AssertionError(
+                f"timed out after {timeout} s waiting for {count} events of {channel!r} in "
+                f"the page; last observed: {await self.seen_ids(channel)}: {self.logs}"
+            ) from None
+        return await self.seen_ids(channel)
+
     async def ready(self, timeout: float = 15) -> str:
         """Await ``client.ready()`` in the page: the cursor once every channel's start
         position is pinned. Raises ``AssertionError`` when the page's promise rejects
@@ -231,12 +242,16 @@ class BrowserClient:
         return int(await self._eval("() => window.client.outboxSize"))
 
     async def wait_connected(self, timeout: float = 15) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if await self._eval("() => !!window.client && !!window.client.transport"):
-                return str(await self.transport())
-            await asyncio.sleep(0.02)
-        raise AssertionError(f"browser client not connected within {timeout} s: {self.logs}")
+        try:
+            await until(
+                lambda: self._eval("() => !!window.client && !!window.client.transport"),
+                timeout,
+                "the browser client connected",
+                interval=0.02,
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {self.logs}") from None
+        return str(await self.transport())
 
     def log_kinds(self, kind: str) -> list[dict[str, Any]]:
         return [e for e in self.logs if e["kind"] == kind]

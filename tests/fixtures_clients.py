@@ -14,8 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fixtures_browser import BrowserClient, wait_until
+from tests.fixtures_browser import BrowserClient
 from tests.fixtures_server import API_KEY, Server
+from tests.waiting import until
 
 # --- the Python client, seen through the same driver interface as BrowserClient --------
 
@@ -82,7 +83,7 @@ class PythonClient:
         self.futures[msg_id or uuid.uuid4().hex] = self.client.publish(channel, data)
 
     async def wait_connected(self, timeout: float = 15) -> str:
-        await wait_until(lambda: self.client.transport is not None, timeout, "connection")
+        await until(lambda: self.client.transport is not None, timeout, "connection")
         return str(self.client.transport)
 
     async def ready(self, timeout: float = 15) -> str:
@@ -149,7 +150,7 @@ class Publisher:
                     pass
                 if time.monotonic() > deadline:
                     raise AssertionError(f"could not publish {data!r} within 40 s")
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.05)  # poll: retry until stored, against the deadline
 
     async def stream(
         self,
@@ -162,7 +163,7 @@ class Publisher:
             if hooks and n in hooks:
                 await hooks[n]()
             await self.publish(channel, {"n": len(self.stored)})
-            await asyncio.sleep(interval)
+            await asyncio.sleep(interval)  # pace: a steady stream of publishes
 
     def ids(self) -> list[str]:
         return [i for i, _ in self.stored]
@@ -170,7 +171,7 @@ class Publisher:
     async def until(self, channel: str, stop: asyncio.Event, interval: float = 0.02) -> None:
         while not stop.is_set():
             await self.publish(channel, {"n": len(self.stored)})
-            await asyncio.sleep(interval)
+            await asyncio.sleep(interval)  # pace: a steady stream of publishes
 
 
 def delivered(driver: Driver, channel: str) -> list[str]:

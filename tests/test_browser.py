@@ -9,15 +9,15 @@ Transport fallback, restarts and silence for both clients are in ``test_proxies.
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.fixtures_browser import BrowserClient, wait_until
+from tests.fixtures_browser import BrowserClient
 from tests.fixtures_nginx import Nginx
 from tests.fixtures_server import Server
+from tests.waiting import until
 
 pytestmark = [
     pytest.mark.timeout(90),
@@ -56,7 +56,7 @@ async def test_page_reload_resumes_from_session_storage_without_loss_or_duplicat
     await browser_client.start(proxy.url, server.token(), ["feed"], **FAST)
     await browser_client.wait_connected()
     published = [server.publish("feed", {"n": n}) for n in range(5)]
-    await wait_until(lambda: len(ids(browser_client, "feed")) == 5, 10, "the first events")
+    await until(lambda: len(ids(browser_client, "feed")) == 5, 10, "the first events")
 
     # events published while the page reloads are read from the stored cursor
     reloading = asyncio.create_task(browser_client.reload())
@@ -64,12 +64,8 @@ async def test_page_reload_resumes_from_session_storage_without_loss_or_duplicat
     await reloading
     await browser_client.wait_connected()
     published += [server.publish("feed", {"n": n}) for n in range(10, 15)]
-    seen: list[str] = []
-    deadline = time.monotonic() + 10
-    while len(seen) < 15 and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-        seen = await browser_client.seen_ids("feed")
-    await asyncio.sleep(0.3)
+    await browser_client.wait_seen("feed", 15)
+    await asyncio.sleep(0.3)  # window: a duplicate would arrive now
     # the page's own record: each event exactly once, in order, across the reload
     assert await browser_client.seen_ids("feed") == published, browser_client.logs
     # what reached the test through the page's binding is a subset of it, without dups
@@ -91,9 +87,9 @@ async def test_page_reloaded_while_transports_are_probed_resumes_from_the_pinned
         proxy.url, server.token(), ["quiet"], first_event_timeout=3.0, **FAST
     )
     pinned = await browser_client.ready()
-    await wait_until(lambda: browser_client.log_kinds("pinned"), 5, "the pinned log entry")
+    await until(lambda: browser_client.log_kinds("pinned"), 5, "the pinned log entry")
     assert browser_client.log_kinds("pinned")[0]["detail"] == "negotiate"
-    await wait_until(
+    await until(
         lambda: any(e.get("transport") == "sse" for e in browser_client.log_kinds("try")),
         10,
         "the SSE attempt (held by the proxy)",
@@ -106,11 +102,7 @@ async def test_page_reloaded_while_transports_are_probed_resumes_from_the_pinned
     # the reloaded client starts from the stored pinned cursor, before any frame
     assert await browser_client._eval("() => window.client.cursor") == pinned
     assert await browser_client.wait_connected(20) == "long-polling"
-    seen: list[str] = []
-    deadline = time.monotonic() + 10
-    while len(seen) < 3 and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-        seen = await browser_client.seen_ids("quiet")
+    await browser_client.wait_seen("quiet", 3)
     await asyncio.sleep(0.5)  # a window in which no duplicate may arrive
     assert await browser_client.seen_ids("quiet") == published, browser_client.logs
 
@@ -131,9 +123,9 @@ async def test_cursor_option_starts_after_the_history_the_page_loaded(
     assert [e["id"] for e in history["events"]] == published[:3]
     await browser_client.start(proxy.url, token, ["feed"], cursor=history["cursor"], **FAST)
     await browser_client.ready()
-    await wait_until(lambda: len(ids(browser_client, "feed")) >= 2, 10, "events 4 and 5")
+    await until(lambda: len(ids(browser_client, "feed")) >= 2, 10, "events 4 and 5")
     live = server.publish("feed", {"n": 5})
-    await wait_until(lambda: len(ids(browser_client, "feed")) >= 3, 10, "the live event")
+    await until(lambda: len(ids(browser_client, "feed")) >= 3, 10, "the live event")
     await asyncio.sleep(0.3)  # a window in which nothing else may arrive
     expected = [published[3], published[4], live]
     assert ids(browser_client, "feed") == expected
@@ -141,7 +133,7 @@ async def test_cursor_option_starts_after_the_history_the_page_loaded(
     # A new client in the page: sessionStorage says "after the live event", the option wins.
     await browser_client._eval("() => window.client.close()")
     await browser_client._eval("(o) => window.startClient(o)", browser_client.options)
-    await wait_until(lambda: len(ids(browser_client, "feed")) >= 6, 10, "the redelivery")
+    await until(lambda: len(ids(browser_client, "feed")) >= 6, 10, "the redelivery")
     await asyncio.sleep(0.3)  # a window in which nothing else may arrive
     assert ids(browser_client, "feed") == expected * 2
 
@@ -186,10 +178,10 @@ async def test_a_stored_cursor_the_server_refuses_is_dropped_but_an_explicit_one
     )
     await browser_client._eval("(o) => window.startClient(o)", browser_client.options)
     assert await browser_client.ready() == pinned  # the next negotiate pinned the top again
-    await wait_until(lambda: browser_client.log_kinds("cursor-refused"), 5, "the log entry")
+    await until(lambda: browser_client.log_kinds("cursor-refused"), 5, "the log entry")
     await browser_client.wait_connected()
     event = server.publish("feed", {"n": 1})
-    await wait_until(lambda: ids(browser_client, "feed") == [event], 10, "the event")
+    await until(lambda: ids(browser_client, "feed") == [event], 10, "the event")
 
     await browser_client._eval("() => window.client.close()")
     outcome = await browser_client._eval(
@@ -215,11 +207,11 @@ async def test_outbox_survives_a_reload_while_offline_and_is_sent_once(
     await browser_client.reload()  # the promise is gone; the message is in sessionStorage
     assert await browser_client.outbox_size() == 1
     await asyncio.to_thread(server.start)  # memory:// starts empty: the message is new
-    await wait_until(lambda: browser_client.published(), 15, "the restored message's ack")
+    await until(lambda: browser_client.published(), 15, "the restored message's ack")
     outcome = browser_client.published()[0]
     assert outcome["id"] == "msg-offline-1"
-    await wait_until(lambda: ids(browser_client, "chat"), 10, "the message's delivery")
-    await asyncio.sleep(0.3)
+    await until(lambda: ids(browser_client, "chat"), 10, "the message's delivery")
+    await asyncio.sleep(0.3)  # window: a second delivery would arrive now
     assert ids(browser_client, "chat") == [outcome["eventId"]]
     history = httpx.get(
         server.url + "/v1/channels/chat/history", headers=server.api_headers
@@ -238,7 +230,7 @@ async def test_outbox_is_bounded_and_rejects_when_full(
     )
     for n in range(3):
         await browser_client.publish("chat", {"n": n}, f"m{n}")
-    await wait_until(
+    await until(
         lambda: browser_client.log_kinds("publish-rejected"), 5, "the third publish's rejection"
     )
     rejected = browser_client.log_kinds("publish-rejected")
@@ -256,12 +248,12 @@ async def test_gap_is_surfaced_and_delivery_goes_on_after_it(
     await browser_client.start(proxy.url, server.token(), ["feed"], **FAST)
     await browser_client.wait_connected()
     first = server.publish("feed", {"n": 0})
-    await wait_until(lambda: ids(browser_client, "feed") == [first], 10, "the first event")
+    await until(lambda: ids(browser_client, "feed") == [first], 10, "the first event")
     await browser_client._eval("() => window.client.close()")
     later = [server.publish("feed", {"n": n}) for n in range(1, 21)]  # 15 of them trimmed
     await browser_client._eval("(o) => window.startClient(o)", browser_client.options)
-    await wait_until(lambda: len(ids(browser_client, "feed")) >= 6, 10, "the retained events")
-    await asyncio.sleep(0.3)
+    await until(lambda: len(ids(browser_client, "feed")) >= 6, 10, "the retained events")
+    await asyncio.sleep(0.3)  # window: nothing else may arrive
     assert ids(browser_client, "feed") == [first, *later[-5:]]
     gaps = browser_client.log_kinds("gap")
     assert len(gaps) == 1
@@ -286,7 +278,7 @@ async def test_json_and_binary_events_on_each_native_transport(
         },
         headers=server.api_headers,
     ).raise_for_status()
-    await wait_until(lambda: len(browser_client.events) == 2, 10, "two events")
+    await until(lambda: len(browser_client.events) == 2, 10, "two events")
     text, raw = browser_client.events
     assert text["data"] == {"text": "é ✓"} and not text.get("binary")
     assert raw["binary"] is True
@@ -316,8 +308,8 @@ async def test_websocket_asks_for_batches_and_delivers_a_burst_once_in_order(
 
     page.on("websocket", watch)
     await browser_client._eval("() => window.client._active.ws.close()")
-    await wait_until(lambda: bool(urls), 10, "a new WebSocket")
-    await wait_until(lambda: any('"subscribed"' in t for t in texts), 10, "the resubscription")
+    await until(lambda: bool(urls), 10, "a new WebSocket")
+    await until(lambda: any('"subscribed"' in t for t in texts), 10, "the resubscription")
     published: list[str] = []
     async with httpx.AsyncClient(headers=server.api_headers) as http:
         for _ in range(3):  # at most 100 messages per publish
@@ -325,8 +317,8 @@ async def test_websocket_asks_for_batches_and_delivers_a_burst_once_in_order(
             r = await http.post(server.url + "/v1/publish", json={"messages": burst})
             r.raise_for_status()
             published += [str(e["id"]) for e in r.json()["results"]]
-    await wait_until(lambda: len(ids(browser_client, "burst")) >= 300, 15, "the burst")
-    await asyncio.sleep(0.2)
+    await until(lambda: len(ids(browser_client, "burst")) >= 300, 15, "the burst")
+    await asyncio.sleep(0.2)  # window: a duplicate would arrive now
     assert ids(browser_client, "burst") == published
     assert [e["data"]["n"] for e in browser_client.events] == list(range(100)) * 3
     assert all(e["data"]["s"] == "a\nb" for e in browser_client.events)
@@ -339,7 +331,7 @@ async def test_a_refused_token_closes_the_client_with_the_reason(
 ) -> None:
     _, proxy = proxied
     await browser_client.start(proxy.url, "not-a-token", ["feed"], **FAST)
-    await wait_until(
+    await until(
         lambda: any(e.get("detail") == "closed" for e in browser_client.log_kinds("state")),
         10,
         "the client to close",

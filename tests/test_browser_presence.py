@@ -15,7 +15,6 @@ import asyncio
 import json
 import random
 import signal
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -23,9 +22,10 @@ import httpx
 import pytest
 from playwright.async_api import Browser
 
-from tests.fixtures_browser import BrowserClient, wait_until
+from tests.fixtures_browser import BrowserClient
 from tests.fixtures_nginx import Nginx
 from tests.fixtures_server import Server
+from tests.waiting import until
 
 pytestmark = [
     pytest.mark.timeout(90),
@@ -78,11 +78,7 @@ async def converge(
     read: Callable[[], Awaitable[Any]], expected: Any, timeout: float, what: str
 ) -> None:
     """Poll ``read()`` until it equals ``expected`` (a deadline, no fixed sleep)."""
-    deadline = time.monotonic() + timeout
-    while (got := await read()) != expected:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}: {got!r}")
-        await asyncio.sleep(0.05)
+    await until(read, timeout, what, check=lambda got: got == expected, interval=0.05)
 
 
 def server_view(server: Server, channel: str) -> dict[str, Any]:
@@ -206,9 +202,7 @@ async def test_reconnects_converge_on_the_servers_view_without_ghost_or_duplicat
     for n in range(3):
         reconnects = len(alice.log_kinds("lost"))
         await drop_connection(alice)
-        await wait_until(
-            lambda r=reconnects: len(alice.log_kinds("lost")) > r, 10, f"reconnect {n + 1}"
-        )
+        await until(lambda r=reconnects: len(alice.log_kinds("lost")) > r, 10, f"reconnect {n + 1}")
         await alice.wait_connected()
         # the old connection's entry goes (WebSocket/SSE: at once; long-poll: the same
         # presence_id, so the same entry): alice is one connection again
@@ -325,7 +319,7 @@ async def test_a_token_without_the_presence_grant_closes_the_client_with_the_rea
         transports=[transport],
         **FAST,
     )
-    await wait_until(
+    await until(
         lambda: any(e.get("detail") == "closed" for e in alice.log_kinds("state")),
         15,
         "the client to close",

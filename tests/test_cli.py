@@ -66,7 +66,7 @@ def start_serve(*args: str, env: dict[str, str] | None = None) -> Served:
             if httpx.get(url + "/healthz", timeout=0.5).status_code == 200:
                 break
         except httpx.TransportError:
-            time.sleep(0.05)
+            time.sleep(0.05)  # poll: until the server answers, against the deadline
     else:
         proc.kill()
         raise RuntimeError("pushsvc serve did not answer /healthz")

@@ -296,7 +296,7 @@ def nginx_in_front(server: Server, tmp_path: Path) -> Iterator[str]:
                 if httpx.get(url + "/healthz", timeout=0.5).status_code == 200:
                     break
             except httpx.TransportError:
-                time.sleep(0.05)
+                time.sleep(0.05)  # poll: until the server answers (200 tries at most)
         yield url
     finally:
         proc.terminate()

@@ -25,10 +25,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fixtures_browser import wait_until
 from tests.fixtures_clients import Driver, Publisher, assert_exactly_once_in_order, delivered
 from tests.fixtures_nginx import BEST_TRANSPORT, MODES, Nginx
 from tests.fixtures_server import Server
+from tests.waiting import until
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -164,21 +164,21 @@ async def test_every_event_once_in_order_across_a_server_restart_behind_each_pro
         stack.server.proc.kill()
         await asyncio.to_thread(stack.server.proc.wait)
         marks["down"] = time.time() * 1000
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # window: the outage, nothing answers
         await client.publish("outbox", {"offline": True}, "offline-1")
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # window: the outage goes on with the message queued
         await asyncio.to_thread(stack.server.start)
         marks["up"] = time.time() * 1000
 
     await publisher.stream("feed", 40, hooks={15: crash_and_queue})
     expected = [i for i, _ in publisher.stored]
 
-    await wait_until(
+    await until(
         lambda: len(delivered(client, "feed")) >= len(expected) and delivered(client, "outbox"),
         30,
         f"{client_kind} behind {mode}: all {len(expected)} events and the outbox message",
     )
-    await asyncio.sleep(0.3)  # anything extra (a duplicate) would arrive now
+    await asyncio.sleep(0.3)  # window: anything extra (a duplicate) would arrive now
     assert_exactly_once_in_order(client, "feed", expected)
 
     # the message queued while offline is stored once and delivered once
@@ -242,25 +242,25 @@ async def test_silence_longer_than_the_heartbeat_is_detected_and_recovered(
 
     publisher = Publisher(stack.server)
     await publisher.stream("feed", 5)
-    await wait_until(lambda: len(delivered(client, "feed")) == 5, 10, "the first events")
+    await until(lambda: len(delivered(client, "feed")) == 5, 10, "the first events")
 
     paused_at = time.time() * 1000
     stack.pause()
     try:
         await client.publish("outbox", {"sent-while-frozen": True}, "frozen-1")
-        await asyncio.sleep(5.0)
+        await asyncio.sleep(5.0)  # window: the silence the client must notice
     finally:
         resumed_at = time.time() * 1000
         stack.resume()
     await publisher.stream("feed", 10)
 
     expected = [i for i, _ in publisher.stored]
-    await wait_until(
+    await until(
         lambda: len(delivered(client, "feed")) >= len(expected) and delivered(client, "outbox"),
         30,
         "recovery after the pause",
     )
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)  # window: a duplicate would arrive now
     timeline(client, paused_at, resumed=resumed_at)
     noticed = [
         e
@@ -302,11 +302,11 @@ async def test_falls_back_when_the_proxy_turns_restrictive_and_moves_back_up(
     stop = asyncio.Event()
     pumping = asyncio.create_task(publisher.until("feed", stop))
     try:
-        await wait_until(lambda: len(delivered(client, "feed")) >= 5, 10, "events on WebSocket")
+        await until(lambda: len(delivered(client, "feed")) >= 5, 10, "events on WebSocket")
         failed_at = time.time() * 1000
         await asyncio.to_thread(stack.swap_proxy, mode)
         fallback = BEST_TRANSPORT[mode]
-        await wait_until(
+        await until(
             lambda: first_event_after(client, failed_at, fallback) is not None,
             20,
             f"the first event on {fallback}",
@@ -322,20 +322,23 @@ async def test_falls_back_when_the_proxy_turns_restrictive_and_moves_back_up(
 
         fixed_at = time.time() * 1000
         await asyncio.to_thread(stack.swap_proxy, "good")
-        await wait_until(
+        await until(
             lambda: first_event_after(client, fixed_at, "websocket") is not None,
             20,
             "moving back up to WebSocket",
         )
         back = first_event_after(client, fixed_at, "websocket")
         assert back is not None
-        await asyncio.sleep(0.2)
+        mark = len(delivered(client, "feed"))
+        await until(
+            lambda: len(delivered(client, "feed")) >= mark + 3, 10, "more events on WebSocket"
+        )
     finally:
         stop.set()
         await pumping
     expected = [i for i, _ in publisher.stored]
-    await wait_until(lambda: len(delivered(client, "feed")) >= len(expected), 20, "the tail")
-    await asyncio.sleep(0.3)
+    await until(lambda: len(delivered(client, "feed")) >= len(expected), 20, "the tail")
+    await asyncio.sleep(0.3)  # window: a duplicate would arrive now
     timeline(client, failed_at, fixed=fixed_at, first_fallback=first["at"], back=back["at"])
     assert_exactly_once_in_order(client, "feed", expected)
     assert await client.transport() == "websocket"

@@ -24,10 +24,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fixtures_browser import wait_until
 from tests.fixtures_clients import Driver, Publisher, delivered
 from tests.fixtures_nginx import BEST_TRANSPORT, TYPICAL
 from tests.fixtures_server import Server
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -47,7 +47,7 @@ async def start_while_publishing(
     stop = asyncio.Event()
     pumping = asyncio.create_task(publisher.until(CHANNEL, stop, interval=INTERVAL))
     try:
-        await wait_until(lambda: len(publisher.stored) >= 3, 10, "the publisher to run")
+        await until(lambda: len(publisher.stored) >= 3, 10, "the publisher to run")
         before = len(publisher.stored)  # stored before the client was started
         await driver.start(url, server.token(), [CHANNEL], **options)
         started = time.monotonic()
@@ -57,12 +57,12 @@ async def start_while_publishing(
         connected = time.monotonic()
         # a few more events on the transport it ended on
         mark = len(publisher.stored)
-        await wait_until(lambda: len(publisher.stored) >= mark + 5, 10, "five more events")
+        await until(lambda: len(publisher.stored) >= mark + 5, 10, "five more events")
     finally:
         stop.set()
         await pumping
     ids = publisher.ids()
-    await wait_until(
+    await until(
         lambda: ids[-1] in delivered(driver, CHANNEL), 20, f"the last event on {expected_transport}"
     )
     await asyncio.sleep(0.3)  # a window in which a duplicate would show up: nothing may arrive
