@@ -213,7 +213,7 @@ def wait_started(server: GracefulServer, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while not server.started:  # uvicorn.Server has no "started" event
         assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
+        time.sleep(0.02)  # poll: until the server started, against the deadline
 
 
 @pytest.mark.asyncio
