@@ -263,3 +263,18 @@ async def test_history_cursors_chain_into_one_cursor_for_several_channels(
         server.url + "/v1/channels/hb/history", params={"cursor": "c1xyz"}, headers=headers
     )
     assert bad.status_code == 400 and bad.json()["type"].endswith("/bad-cursor")
+
+
+async def test_history_without_limit_reads_one_page_even_under_a_low_maximum(
+    server_factory: Any,
+) -> None:
+    """The default page (100) is capped at history_limit_max: a server configured below
+    100 still answers a history read without ``limit`` (it used to refuse it with 400)."""
+    server: Server = server_factory(history_limit_max=3)
+    ids = [server.publish("hl", n) for n in range(5)]
+    r = httpx.get(
+        server.url + "/v1/channels/hl/history",
+        headers={"Authorization": f"Bearer {server.token()}"},
+    )
+    assert r.status_code == 200, r.text
+    assert event_ids(r.json()) == ids[:3]
