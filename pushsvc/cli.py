@@ -163,6 +163,12 @@ def main() -> None:
     "--heartbeat-interval", type=float, envvar="PUSHSVC_HEARTBEAT_INTERVAL", help="Seconds."
 )
 @click.option(
+    "--ws-compression/--no-ws-compression",
+    default=None,
+    envvar="PUSHSVC_WS_COMPRESSION",
+    help="Offer WebSocket permessage-deflate; each event is compressed once.",
+)
+@click.option(
     "--graceful-timeout",
     default=5.0,
     show_default=True,
@@ -187,6 +193,7 @@ def serve(
     cors_origins: tuple[str, ...],
     workers: int,
     heartbeat_interval: float | None,
+    ws_compression: bool | None,
     graceful_timeout: float,
     log_level: str,
 ) -> None:
@@ -212,6 +219,7 @@ def serve(
             allowed_origins=_nonempty(allowed_origins),
             cors_origins=_nonempty(cors_origins),
             heartbeat_interval=heartbeat_interval,
+            ws_compression=ws_compression,
         )
     except (ConfigError, TypeError, ValueError) as exc:
         raise click.UsageError(str(exc)) from exc

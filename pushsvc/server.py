@@ -40,9 +40,20 @@ names uvicorn's stock ones (``STOCK_WS_PROTOCOL``, ``STOCK_HTTP_PROTOCOL``), whi
 the same bytes with more memory per connection. With plain uvicorn, pass ``--ws
 pushsvc.server:LeanWebSocketProtocol --http pushsvc.server:LeanHttpToolsProtocol``.
 
-``ws_per_message_deflate=False``: uvicorn's default negotiates permessage-deflate at zlib
-defaults, about 300 KiB of compressor state per connection, for frames that are small
-JSON. uvicorn's protocol pings (every 20 s, closing a connection whose pong is 20 s late)
+Compression (``ws_compression``, off by default): uvicorn's ``ws_per_message_deflate``
+is set from it. uvicorn's own deflate keeps a compressor (and an inflater) per connection
+and compresses every message for every connection; its stock ``websockets`` protocol does
+so at zlib defaults, about 300 KiB per connection. When it is on, ``LeanWebSocketProtocol``
+negotiates permessage-deflate its own way instead (``SharedDeflateFactory``):
+``server_no_context_takeover``, so that the app compresses an event ONCE and the same
+frame goes to every connection that negotiated it (``pushsvc.protocol.deflate``), written
+through the ``WRITE_FRAMES`` extension it offers only on such a connection; and
+``client_no_context_takeover`` with ``client_max_window_bits`` bounded where the client
+offers it, so that the inflater of a client's message (``websockets``', bounded by
+``ws_max_size``: a bomb closes 1009) lives for that message only. An idle connection
+holds no compression state at all.
+
+uvicorn's protocol pings (every 20 s, closing a connection whose pong is 20 s late)
 find dead peers; pushsvc's heartbeats are app frames that browsers and proxies see.
 
 Shutdown: uvicorn waits for every open HTTP response before it runs the lifespan
@@ -64,9 +75,17 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import uvicorn
 from starlette.types import ASGIApp
+from websockets.exceptions import NegotiationError
+from websockets.extensions.base import Extension
+from websockets.extensions.permessage_deflate import (
+    PerMessageDeflate,
+    ServerPerMessageDeflateFactory,
+)
 from websockets.protocol import State
+from websockets.typing import ExtensionParameter
 
-from pushsvc.protocol.asgi_extensions import WRITE_TEXTS
+from pushsvc.protocol.asgi_extensions import WRITE_FRAMES, WRITE_TEXTS
+from pushsvc.protocol.deflate import CLIENT_MAX_WINDOW_BITS, SERVER_WINDOW_BITS
 from pushsvc.settings import Settings
 
 log = logging.getLogger("pushsvc.server")
@@ -100,6 +119,7 @@ __all__ = [
     "GracefulServer",
     "LeanHttpToolsProtocol",
     "LeanWebSocketProtocol",
+    "SharedDeflateFactory",
     "config",
     "protocols",
     "run",
@@ -244,6 +264,35 @@ class LeanHttpToolsProtocol(HttpToolsProtocol):
                 cycle.message_event = LeanEvent()  # type: ignore[assignment]
 
 
+class SharedDeflateFactory(ServerPerMessageDeflateFactory):
+    """permessage-deflate as pushsvc negotiates it: the server's messages without context
+    takeover (each inflates on its own, so one compressed frame serves every connection),
+    the client's too (its inflater is built per message), the client's window at most
+    ``CLIENT_MAX_WINDOW_BITS`` where it offers the parameter. A client that asks the
+    server for a window under ``SERVER_WINDOW_BITS`` is served without compression."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            server_no_context_takeover=True,
+            client_no_context_takeover=True,
+            client_max_window_bits=CLIENT_MAX_WINDOW_BITS,
+        )
+
+    def process_request_params(
+        self, params: Sequence[ExtensionParameter], accepted_extensions: Sequence[Extension]
+    ) -> tuple[list[ExtensionParameter], PerMessageDeflate]:
+        response, extension = super().process_request_params(params, accepted_extensions)
+        if extension.local_max_window_bits < SERVER_WINDOW_BITS:
+            raise NegotiationError(
+                f"server_max_window_bits={extension.local_max_window_bits}: the shared "
+                f"frames need {SERVER_WINDOW_BITS}"
+            )
+        return response, extension
+
+
+_SHARED_DEFLATE = [SharedDeflateFactory()]  # stateless: one list for every connection
+
+
 class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -251,12 +300,16 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
         writable = LeanEvent()
         writable.set()
         self.writable = writable  # type: ignore[assignment]
+        if self.config.ws_per_message_deflate:
+            self.conn.available_extensions = _SHARED_DEFLATE
 
     def handle_connect(self, event: object) -> None:
         super().handle_connect(event)  # type: ignore[arg-type]
         scope = getattr(self, "scope", None)
         if scope is not None:  # the app's task has not run yet: it will see this
             scope["extensions"][WRITE_TEXTS] = self.write_texts
+            if self.conn.extensions:  # negotiated: the only one offered is SharedDeflate
+                scope["extensions"][WRITE_FRAMES] = self.write_frames
 
     def write_texts(self, payloads: Sequence[bytes]) -> bool | None:
         """Write each payload as one unfragmented text message, all in one transport
@@ -286,6 +339,23 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
                 parts.append(struct.pack("!BBQ", 0x81, 127, n))
             parts.append(data)
         self.transport.write(b"".join(parts))
+        return True
+
+    def write_frames(self, frames: Sequence[bytes]) -> bool | None:
+        """Write whole, encoded frames (``pushsvc.protocol.deflate``'s compressed ones,
+        plain ones) in one transport write; offered only where ``SharedDeflateFactory``
+        was negotiated. Declines as ``write_texts`` does, an extension aside."""
+        if self.close_sent or self.disconnected:
+            return None
+        if (
+            not self.handshake_complete
+            or not self.writable.is_set()
+            or self.conn.state is not State.OPEN
+            or self.conn.expect_continuation_frame
+        ):
+            return False
+        if frames:
+            self.transport.write(b"".join(frames))
         return True
 
     def start_keepalive(self) -> None:
@@ -345,7 +415,8 @@ def _ws_misfit(base: type[Any]) -> str | None:
         return f"{base.__qualname__}.writable is not an asyncio.Event"
     state = ("conn", "close_sent", "disconnected", "handshake_complete", "transport")
     reason = _missing(proto, state) or _missing(
-        proto.conn, ("state", "extensions", "expect_continuation_frame")
+        proto.conn,
+        ("state", "extensions", "available_extensions", "expect_continuation_frame"),
     )
     return f"{base.__qualname__}: {reason}" if reason else None
 
@@ -401,13 +472,13 @@ def protocols() -> tuple[str, str]:
 
 def uvicorn_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
     """Keyword arguments for ``uvicorn.Config`` (or ``uvicorn.run``) as ``pushsvc serve``
-    gives them: ``protocols()``, no permessage-deflate, frames up to
-    ``settings.max_frame_bytes``; ``overrides`` (host, port, ...) win."""
+    gives them: ``protocols()``, permessage-deflate only with ``settings.ws_compression``,
+    frames up to ``settings.max_frame_bytes``; ``overrides`` (host, port, ...) win."""
     ws, http = protocols()
     options: dict[str, Any] = {
         "ws": ws,
         "http": http,
-        "ws_per_message_deflate": False,
+        "ws_per_message_deflate": settings.ws_compression,
         "ws_max_size": settings.max_frame_bytes,
     }
     options.update(overrides)

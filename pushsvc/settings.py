@@ -51,6 +51,11 @@ class Settings:
     max_publish_bytes: int = 64 * 1024
     max_batch_messages: int = 100
     max_frame_bytes: int = 128 * 1024
+    # WebSocket permessage-deflate (opt-in): each event compressed once for every
+    # connection that negotiated it (pushsvc.protocol.deflate).
+    ws_compression: bool = False
+    ws_compression_level: int = 6
+    ws_compression_min_bytes: int = 256
     max_connections: int = 20_000
     outbound_queue_messages: int = 1_000
     outbound_queue_bytes: int = 4 * 1024 * 1024
@@ -108,6 +113,10 @@ class Settings:
             )
         if self.presence_snapshot_max < 0:
             raise ConfigError("presence_snapshot_max must not be negative")
+        if not 1 <= self.ws_compression_level <= 9:
+            raise ConfigError("ws_compression_level must be from 1 to 9")
+        if self.ws_compression_min_bytes < 0:
+            raise ConfigError("ws_compression_min_bytes must not be negative")
         if self.max_presence_info_bytes < 2:
             raise ConfigError("max_presence_info_bytes must be at least 2 (the size of {})")
         for name in (
@@ -183,6 +192,12 @@ DESCRIPTIONS: dict[str, str] = {
     "max_publish_bytes": "Largest payload of one message (413 / close 1009).",
     "max_batch_messages": "Messages in one batch publish.",
     "max_frame_bytes": "Largest WebSocket frame from a client (close 1009).",
+    "ws_compression": "Offer WebSocket permessage-deflate (`--ws-compression`): events are "
+    "compressed once and the same frame goes to every connection that negotiated it; no "
+    "compression state is kept per connection (docs/reference/websocket.md).",
+    "ws_compression_level": "zlib level (1-9) of the compressed WebSocket frames.",
+    "ws_compression_min_bytes": "Frames shorter than this go uncompressed on a compressing "
+    "connection (small JSON barely shrinks on its own).",
     "max_connections": "Open streams per instance (503 + Retry-After / close 1013).",
     "outbound_queue_messages": "Frames queued for one connection before it is cut as a slow "
     "consumer (4008); the client resumes from its cursor.",

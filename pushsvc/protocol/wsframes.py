@@ -10,8 +10,9 @@ decoder: ``error`` tells the close code and why, and later ``feed`` calls answer
 
 Kept small and allocation-light because the load generator (``pushsvc.bench.wire``)
 parses every delivery with it and must stay cheaper than the server it measures: frames
-are located by offsets into one buffer, and each payload is one slice. No extension is
-supported (RSV bits must be 0) and text is not checked for UTF-8 here: a caller that
+are located by offsets into one buffer, and each payload is one slice. The decoder
+supports no extension (RSV bits must be 0; the encoder can set RSV1 for
+``pushsvc.protocol.deflate``) and text is not checked for UTF-8 here: a caller that
 needs ``str`` decodes it. ``frame_header`` is the same header a server writes before an
 unmasked payload (``pushsvc._uvicorn``'s ``write_texts`` builds the same bytes).
 """
@@ -49,9 +50,13 @@ class FrameError(Exception):
         self.reason = reason
 
 
-def frame_header(opcode: int, length: int, *, fin: bool = True, masked: bool = False) -> bytes:
-    """The header of a frame carrying ``length`` payload bytes (without the mask key)."""
-    b0 = (0x80 if fin else 0) | opcode
+def frame_header(
+    opcode: int, length: int, *, fin: bool = True, masked: bool = False, rsv1: bool = False
+) -> bytes:
+    """The header of a frame carrying ``length`` payload bytes (without the mask key).
+    ``rsv1``: the payload is compressed (permessage-deflate, ``pushsvc.protocol.deflate``;
+    set on the first frame of a message only)."""
+    b0 = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode
     mask_bit = 0x80 if masked else 0
     if length < 126:
         return bytes((b0, mask_bit | length))
@@ -61,17 +66,21 @@ def frame_header(opcode: int, length: int, *, fin: bool = True, masked: bool = F
 
 
 def encode_frame(
-    opcode: int, payload: bytes, *, fin: bool = True, mask: bytes | None = None
+    opcode: int,
+    payload: bytes,
+    *,
+    fin: bool = True,
+    mask: bytes | None = None,
+    rsv1: bool = False,
 ) -> bytes:
     """One frame. ``mask``: the 4-byte key a client must use (``os.urandom(4)``); a server
-    sends its frames unmasked (``None``)."""
+    sends its frames unmasked (``None``). ``rsv1``: ``payload`` is compressed."""
     if mask is None:
-        return frame_header(opcode, len(payload), fin=fin) + payload
+        return frame_header(opcode, len(payload), fin=fin, rsv1=rsv1) + payload
     if len(mask) != 4:
         raise ValueError("a mask key is 4 bytes")
-    return (
-        frame_header(opcode, len(payload), fin=fin, masked=True) + mask + apply_mask(payload, mask)
-    )
+    header = frame_header(opcode, len(payload), fin=fin, masked=True, rsv1=rsv1)
+    return header + mask + apply_mask(payload, mask)
 
 
 def apply_mask(payload: bytes, mask: bytes) -> bytes:

@@ -15,6 +15,14 @@ Requests that fail (a forbidden subscribe, a publish over the rate or over
 max_publish_bytes) are answered with an ``error`` frame and the connection stays; frames
 that cannot be understood close it with 4400 (1009 when over max_frame_bytes). Both are
 rendered by ``pushsvc.problems``.
+
+Compression: where the server negotiated pushsvc's permessage-deflate (it offers
+``WRITE_FRAMES`` then, ``pushsvc.server``), ``DeflateWebSocketWriter`` writes whole
+frames and, with ``ws_compression`` on, the session's wire is ``DeflateWebSocketWire``
+(events compressed once, shared by the hub like plain frames); a compressed frame is one
+message, never batched with others (plain ones around it still are). The setting
+decides, not the negotiation alone: plain uvicorn negotiates deflate by default
+(``--ws-per-message-deflate``).
 """
 
 from __future__ import annotations
@@ -35,10 +43,12 @@ from pushsvc.exceptions import BadRequest, PayloadTooLarge, PushError, Unavailab
 from pushsvc.metrics import TransportStats
 from pushsvc.problems import deny_websocket, error_frame
 from pushsvc.protocol import client_frames, codes
-from pushsvc.protocol.asgi_extensions import WRITE_TEXTS
+from pushsvc.protocol.asgi_extensions import WRITE_FRAMES, WRITE_TEXTS
+from pushsvc.protocol.deflate import DeflatedFrame, deflate_wire
 from pushsvc.protocol.frames import ws_control
 from pushsvc.protocol.presence import client_conn_id
 from pushsvc.protocol.wires import Frame, WebSocketWire
+from pushsvc.protocol.wsframes import OP_TEXT, frame_header
 from pushsvc.session import Session
 from pushsvc.transports.admission import check_origin, limit_publish, positions_from
 from pushsvc.transports.asgi import state
@@ -83,13 +93,21 @@ async def _open(scope: Scope, receive: Receive, send: Send) -> _Connection | Non
         await deny_websocket(scope, send, exc)
         return None
     await send({"type": "websocket.accept"})
-    session = Session(hub, principal, WebSocketWire())
-    session.writer = WebSocketWriter(
-        send,
-        hub.metrics.websocket,
-        query.get("batch") == "1",
-        scope.get("extensions", {}).get(WRITE_TEXTS),
-    )
+    extensions = scope.get("extensions") or {}
+    write_frames = extensions.get(WRITE_FRAMES)
+    if write_frames is not None:  # the server negotiated permessage-deflate
+        wire: WebSocketWire = WebSocketWire()
+        if settings.ws_compression:  # else (plain uvicorn's default) frames go plain
+            wire = deflate_wire(settings.ws_compression_level, settings.ws_compression_min_bytes)
+        session = Session(hub, principal, wire)
+        session.writer = DeflateWebSocketWriter(
+            send, hub.metrics.websocket, query.get("batch") == "1", write_frames
+        )
+    else:
+        session = Session(hub, principal, WebSocketWire())
+        session.writer = WebSocketWriter(
+            send, hub.metrics.websocket, query.get("batch") == "1", extensions.get(WRITE_TEXTS)
+        )
     hub.register(session)
     return _Connection(session, auth, scope)
 
@@ -113,18 +131,23 @@ class WebSocketWriter(Writer):
         self.batch = batch
         self.write_texts = write_texts
 
+    def payloads(self, frames: list[Frame]) -> list[bytes]:
+        """What ``write_texts`` takes for ``frames`` (none: a frame it cannot write)."""
+        if not all(type(f) is str for f in frames):
+            return []
+        if len(frames) == 1:
+            return [frames[0].encode()]  # type: ignore[union-attr]
+        if self.batch:
+            return ["\n".join(frames).encode()]  # type: ignore[arg-type]
+        return [f.encode() for f in frames]  # type: ignore[union-attr]
+
     def flush(self, session: Session) -> None:
         write_texts = self.write_texts
         if write_texts is not None and not self.busy and not session.finished:
             frames = session.queue
             payloads: list[bytes] = []  # none: only ask whether the connection is open
-            if frames and session.close_code is None and all(type(f) is str for f in frames):
-                if len(frames) == 1:
-                    payloads = [frames[0].encode()]  # type: ignore[union-attr]
-                elif self.batch:
-                    payloads = ["\n".join(frames).encode()]  # type: ignore[arg-type]
-                else:
-                    payloads = [f.encode() for f in frames]  # type: ignore[union-attr]
+            if frames and session.close_code is None:
+                payloads = self.payloads(frames)
             written = write_texts(payloads)
             if written is None:
                 # The server closed the connection itself (its protocol ping timed out):
@@ -168,6 +191,50 @@ class WebSocketWriter(Writer):
                 }
             )
         return out
+
+
+class DeflateWebSocketWriter(WebSocketWriter):
+    """``WebSocketWriter`` for a connection that negotiated permessage-deflate: writes
+    whole frames through the server's ``write_frames`` (compressed ones as the wire made
+    them, text frames framed here, uncompressed). Through ASGI ``send`` (a binary frame,
+    the close, a socket pushing back) a compressed frame goes as its plain text, which
+    the server then compresses itself."""
+
+    __slots__ = ()
+
+    def payloads(self, frames: list[Frame]) -> list[bytes]:
+        out: list[bytes] = []
+        texts: list[str] = []  # with batch=1: consecutive plain texts make one message
+        for frame in frames:
+            if type(frame) is str:
+                if self.batch:
+                    texts.append(frame)
+                else:
+                    out.append(_text_frame(frame))
+            elif type(frame) is DeflatedFrame:
+                if texts:
+                    out.append(_text_frame("\n".join(texts)))
+                    texts = []
+                out.append(frame)
+            else:
+                return []  # a binary message: ``send`` writes it
+        if texts:
+            out.append(_text_frame("\n".join(texts)))
+        return out
+
+    def message(self, frame: Frame) -> ASGIMessage:
+        if type(frame) is DeflatedFrame:
+            frame = frame.plain
+        return super().message(frame)
+
+    def messages(self, session: Session, frames: list[Frame]) -> list[ASGIMessage]:
+        plain = [f.plain if type(f) is DeflatedFrame else f for f in frames]
+        return super().messages(session, plain)
+
+
+def _text_frame(text: str) -> bytes:
+    data = text.encode()
+    return frame_header(OP_TEXT, len(data)) + data
 
 
 class _Connection:
