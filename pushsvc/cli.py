@@ -1,4 +1,4 @@
-"""The ``pushsvc`` command: ``serve``, ``publish``, ``subscribe``, ``token``, ``bench``.
+"""The ``pushsvc`` command: ``serve``, ``publish``, ``subscribe``, ``token``, ``check``, ``bench``.
 
 Every ``serve`` flag is also a ``PUSHSVC_*`` environment variable named after the
 ``Settings`` field it sets (lists comma-separated); settings without a flag are read from
@@ -438,6 +438,37 @@ def token(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--info") from None
     click.echo(token)
+
+
+# --- check ---------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--backend",
+    "backend_url",
+    required=True,
+    envvar="PUSHSVC_BACKEND_URL",
+    help="The backend to verify: memory:// or redis://host:port/db",
+)
+@click.option(
+    "--timeout", default=5.0, show_default=True, type=float, help="Seconds allowed per step."
+)
+def check(backend_url: str, timeout: float) -> None:
+    """Verify a backend before serving with it.
+
+    On a scratch channel: connect, listen, append a probe event, read it back and receive
+    its live notification, printing each step's latency, the Redis version and mode, and
+    the retention a server with this environment would apply. Exits 1 with the failed
+    step and its reason.
+    """
+    from pushsvc.check import CheckFailed, run
+
+    try:
+        asyncio.run(run(backend_url, timeout, click.echo))
+    except CheckFailed as exc:
+        raise click.ClickException(f"backend check {exc}") from None
+    click.echo("ok          the backend is ready for pushsvc")
 
 
 # --- subscribe -----------------------------------------------------------------------------
