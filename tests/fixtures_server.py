@@ -42,6 +42,12 @@ class Server:
     auth: Authenticator = field(default_factory=lambda: Authenticator((SECRET,), (API_KEY,)))
 
     @property
+    def compression(self) -> bool:
+        """Whether the server was given ws_compression (PUSHSVC_WS_COMPRESSION)."""
+        value = self.env.get("PUSHSVC_WS_COMPRESSION", "").strip().lower()
+        return value in {"1", "true", "yes", "on"}
+
+    @property
     def ws_url(self) -> str:
         return "ws://" + self.url.removeprefix("http://")
 
@@ -83,6 +89,10 @@ class Server:
             "pushsvc.server:LeanWebSocketProtocol",
             "--http",
             "pushsvc.server:LeanHttpToolsProtocol",
+            # as `pushsvc serve` does (pushsvc.server.uvicorn_options): permessage-deflate
+            # only with ws_compression (uvicorn's own default would negotiate it always)
+            "--ws-per-message-deflate",
+            "true" if self.compression else "false",
             "--log-level",
             self.log_level,
         ]
