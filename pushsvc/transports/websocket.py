@@ -84,7 +84,9 @@ async def _open(scope: Scope, receive: Receive, send: Send) -> _Connection | Non
     if message["type"] != "websocket.connect":
         return None
     try:
-        check_origin(headers.get("origin"), headers.get("host"), settings.allowed_origins)
+        check_origin(
+            headers.get("origin"), headers.get("host"), settings.allowed_origins, scope=scope
+        )
         principal = await auth.authenticate(credential_from(headers, query))
         if len(hub.sessions) >= settings.max_connections:
             raise Unavailable("connection limit reached on this instance", retry_after=2)
