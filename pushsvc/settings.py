@@ -61,7 +61,9 @@ class Settings:
     outbound_queue_bytes: int = 4 * 1024 * 1024
     history_page: int = 500
     history_limit_max: int = 1_000
-    idempotency_ttl: float = 24 * 3600.0
+    # Minutes, not the log's day: clients retry for seconds (Publisher: 30 s deadline) or
+    # across a reconnect; Centrifugo keeps idempotency results 5 minutes.
+    idempotency_ttl: float = 600.0
     # Publish rate per token subject and per API key, per instance (token bucket; 0: off).
     publish_rate: float = 50.0
     publish_burst: float = 100.0
@@ -178,7 +180,8 @@ DESCRIPTIONS: dict[str, str] = {
     "cors_origins": "Origins allowed by CORS on SSE, long-poll, publish, negotiate, history.",
     "cors_allow_credentials": "Send `Access-Control-Allow-Credentials: true` to CORS origins.",
     "retention_max_len": "Events kept per channel (at least this many when approximate).",
-    "retention_max_age": "Seconds an event is kept; trimmed when the channel is next written.",
+    "retention_max_age": "Seconds an event is kept; trimmed when the channel is next written. "
+    "A channel with no event for this long (+1 s) is dropped whole (Redis keys expire).",
     "retention_approximate": "Trim with Redis `MAXLEN ~` (cheaper; keeps slightly more).",
     "heartbeat_interval": "Seconds between heartbeats on an otherwise quiet connection; also "
     "the granularity of token-expiry and idle checks.",
@@ -205,7 +208,8 @@ DESCRIPTIONS: dict[str, str] = {
     "history_page": "Events read from the log per round trip when resuming; also the most one "
     "long-poll answer carries.",
     "history_limit_max": "Largest `limit` of the history endpoint.",
-    "idempotency_ttl": "Seconds an idempotency key (publish retry) is remembered.",
+    "idempotency_ttl": "Seconds an idempotency key (publish retry) is remembered: "
+    "longer than clients retry (the Python Publisher gives up after 30 s).",
     "publish_rate": "Publishes per second per token subject, per instance (429 / 4429).",
     "publish_burst": "Burst of the per-subject publish bucket.",
     "api_key_publish_rate": "Publishes per second per API key, per instance.",

@@ -16,6 +16,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from pushsvc.backends import Backend, Message, Retention
+from pushsvc.backends.base import EXPIRY_MARGIN
+from pushsvc.backends.memory import MemoryBackend
 from pushsvc.backends.redis import RedisBackend, parse_url
 from pushsvc.exceptions import BackendError
 from pushsvc.protocol.events import Event, Gap
@@ -92,9 +94,14 @@ async def test_read_after_pages_in_order_and_is_exclusive(backend: Backend) -> N
 
 async def test_top_of_an_unknown_channel_is_zero(backend: Backend) -> None:
     assert await backend.top("nobody-wrote-here") == ZERO
-    for after in (ZERO, (5, 5)):
+    recent = (int(time.time() * 1000) - 1000, 0)  # newer than any expired event can be
+    for after in (ZERO, recent):
         result = await backend.read_after("nobody-wrote-here", after, 10)
         assert (result.events, result.top, result.gap) == ([], ZERO, None)
+    # older than max_age: the backend cannot tell it from a channel that expired
+    result = await backend.read_after("nobody-wrote-here", (5, 5), 10)
+    assert (result.events, result.top) == ([], ZERO)
+    assert result.gap is not None and result.gap.after == (5, 5)
 
 
 async def test_idempotent_append_stores_once_and_answers_the_original(backend: Backend) -> None:
@@ -174,6 +181,89 @@ async def test_retention_by_age_trims_old_events_when_the_channel_is_written(
     assert [e.id for e in result.events] == new
     assert result.gap == Gap("c", ZERO, old[-1])
     assert await backend.top("c") == new[-1]
+
+
+async def gone(backend: Backend, channel: str, timeout: float = 10) -> None:
+    """Wait until ``channel`` has expired (its top reads as never written)."""
+    await until(
+        lambda: backend.top(channel), timeout, f"{channel} to expire", check=lambda t: t == ZERO
+    )
+
+
+@pytest.mark.parametrize("backend", [Retention(max_age=0.1)], indirect=True)
+async def test_a_channel_with_no_event_for_max_age_expires_and_a_cursor_into_it_gets_a_gap(
+    backend: Backend,
+) -> None:
+    ids = await append_ids(backend, "c", 3)
+    await gone(backend, "c")
+    # a reader that saw ids[0] missed ids[1:], a reader at ids[-1] missed nothing: the
+    # backend no longer knows which, so both get a gap that covers every expired event
+    for after in (ids[0], ids[-1]):
+        result = await backend.read_after("c", after, 10)
+        assert (result.events, result.top) == ([], ZERO)
+        assert result.gap is not None and result.gap.after == after
+        assert result.gap.until > ids[-1]
+    assert (await backend.read_after("c", ZERO, 10)).gap is None  # nothing seen, none lost
+    # the channel starts again above every ID it had, and a cursor into it reads on
+    new = await append_ids(backend, "c", 2)
+    assert new[0] > ids[-1]
+    result = await backend.read_after("c", ids[-1], 10)
+    assert [e.id for e in result.events] == new and result.gap is None
+
+
+@pytest.mark.parametrize("backend", [Retention(max_age=0.1, idempotency_ttl=60)], indirect=True)
+async def test_an_idempotency_record_outlives_its_expired_channel(backend: Backend) -> None:
+    first = await backend.append(msg("c", 1, idempotency_key="k"))
+    later = await backend.append(msg("d", 1))
+    await gone(backend, "d")  # "d" is as old as "c": "c"'s events are past max_age too
+    assert first.id[0] <= later.id[0]
+    again = await backend.append(msg("c", 2, idempotency_key="k"))
+    assert again.id == first.id  # and nothing stored:
+    assert b'{"n":2}' not in [e.data for e in await read_all(backend, "c")]
+
+
+@pytest.mark.parametrize("backend", [Retention(idempotency_ttl=0.2)], indirect=True)
+async def test_an_idempotency_key_is_forgotten_after_idempotency_ttl(backend: Backend) -> None:
+    first = await backend.append(msg("c", 1, idempotency_key="k"))
+    batch = await backend.append_many([msg("c", 2, idempotency_key="k"), msg("c", 3)])
+    assert batch[0].id == first.id  # within the TTL, in a batch too
+    await until(
+        lambda: time.time() * 1000 - first.id[0],
+        5,
+        "the record to be 0.3 s old",
+        check=lambda age_ms: age_ms >= 300,
+    )
+    again = await backend.append(msg("c", 4, idempotency_key="k"))
+    assert again.id > batch[1].id and again.data == b'{"n":4}'
+    assert (await backend.append(msg("c", 5, idempotency_key="k"))).id == again.id
+
+
+@pytest.mark.parametrize("backend_url", ["memory"], indirect=True)
+@pytest.mark.parametrize("backend", [Retention(max_age=0.1)], indirect=True)
+async def test_memory_keeps_a_listened_channel_and_sweeps_in_bounded_steps(
+    backend: Backend,
+) -> None:
+    assert isinstance(backend, MemoryBackend)
+    await backend.listen("held")
+    await backend.append_many([msg("held", 0)] + [msg(f"c{i}", i) for i in range(10)])
+    await until(
+        lambda: backend.channel_count, 10, "the sweep to evict the unheld", check=lambda n: n == 1
+    )
+    assert await backend.top("held") != ZERO
+    await backend.unlisten("held")
+    await until(lambda: backend.channel_count, 10, "held to go", check=lambda n: n == 0)
+    await backend.close()  # no periodic sweep from here on: only explicit ones
+    sent = await backend.append_many([msg(f"c{i}", i) for i in range(10)])
+    newest_ms = max(e.id[0] for e in sent)
+    await until(
+        lambda: time.time() * 1000 - (backend.retention.max_age + EXPIRY_MARGIN) * 1000,
+        5,
+        "the channels to be past max_age + margin",
+        check=lambda horizon_ms: horizon_ms > newest_ms,
+    )
+    assert backend.channel_count == 10
+    assert backend.sweep(3) == 3 and backend.channel_count == 7
+    assert backend.sweep() == 7 and backend.channel_count == 0
 
 
 @pytest.mark.parametrize("backend", [Retention(max_len=3, approximate=False)], indirect=True)
@@ -306,9 +396,19 @@ async def test_keys_live_under_the_prefix_with_a_hash_tag_per_channel(
     r = aioredis.from_url(without_query(backend_url))
     try:
         keys = sorted([k async for k in r.scan_iter(match=prefix + "*")])
+        ttls = [await r.pttl(k) for k in keys]
+        bucket = await r.hgetall(keys[0])
     finally:
         await r.aclose()
-    assert keys == [f"{prefix}{{room/1}}:idem:key-1".encode(), f"{prefix}{{room/1}}:log".encode()]
+    tag = f"{prefix}{{room/1}}"
+    assert len(keys) == 2 and keys[1] == f"{tag}:log".encode()
+    assert keys[0].startswith(f"{tag}:i:".encode()) and list(bucket) == [b"key-1"]
+    # every key expires by itself: the idempotency bucket once its newest record is
+    # idempotency_ttl old (plus at most a bucket's width), the stream max_age + margin
+    # after its last event
+    r_ = backend.retention
+    assert 0 < ttls[0] <= r_.idempotency_ttl * 1000 * 1.25
+    assert 0 < ttls[1] <= (r_.max_age + EXPIRY_MARGIN) * 1000
 
 
 @redis_only

@@ -7,7 +7,8 @@ Guarantees:
   of the process (Redis: the stream's last-generated ID; ``ms`` is the server clock, so an
   ID also tells when the event was stored).
 - **Idempotency.** ``append`` with an ``idempotency_key`` already used on that channel
-  (within ``idempotency_ttl``) stores nothing and answers the original event.
+  (within ``idempotency_ttl``) stores nothing and answers the original event, even
+  when the channel expired meanwhile (below).
 - **Reads.** ``read_after(channel, after, limit)`` answers up to ``limit`` events with
   ``id > after`` in ID order, the channel's ``top`` (last ID ever assigned, ``(0, 0)``
   when none) and a ``Gap`` when events after ``after`` were trimmed: ``Gap.until`` is the
@@ -16,6 +17,17 @@ Guarantees:
 - **Retention.** At least the newest ``max_len`` events are kept (exactly ``max_len``
   unless ``approximate``); events older than ``max_age`` seconds are trimmed when the
   channel is next written to.
+- **Expiry: nothing grows without bound.** A channel with no event for ``max_age`` +
+  ``EXPIRY_MARGIN`` seconds is dropped whole (Redis: its stream key expires, armed by
+  the append itself; memory: evicted lazily and by a bounded periodic sweep, unless a
+  listener holds it); its idempotency records expire on their own TTL. A dropped
+  channel reads as one never written (``top`` is ``(0, 0)``; its next event still gets
+  an ID above every earlier one, from the clock), except that a reader positioned on it
+  cannot be told that nothing followed its position: ``read_after`` with ``after`` older
+  than the expiry horizon (now - ``max_age``, the newest a dropped event can be) answers
+  ``Gap(after, (horizon_ms, MAX_SEQ))`` (``expired_gap``): a possible loss is explicit,
+  never silent. ``after == (0, 0)`` gets no gap (nothing seen, nothing known lost), nor
+  does a position newer than the horizon (no event after it can have expired).
 - **Live notifications.** After ``await listen(channel)`` returns, every event appended
   to that channel afterwards is passed to the sink, exactly once and in ID order per
   channel, including across lost connections to the backend (the listener remembers
@@ -56,11 +68,17 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from pushsvc.protocol.events import Event, Gap
-from pushsvc.protocol.ids import StreamId
+from pushsvc.protocol.ids import MAX_SEQ, ZERO, StreamId
 from pushsvc.protocol.presence import PresenceDiff, PresenceEntry, PresenceSnapshot
 
 Sink = Callable[[Event], None]
 GapSink = Callable[[Gap], None]
+
+
+# Seconds a channel outlives the ``max_age`` of its newest event before it is dropped: a
+# clock stepped back by less than this still cannot drop an event younger than ``max_age``
+# (see ``expired_gap``).
+EXPIRY_MARGIN = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +86,9 @@ class Retention:
     max_len: int = 10_000
     max_age: float = 24 * 3600.0
     approximate: bool = True
-    idempotency_ttl: float = 24 * 3600.0
+    # How long a retried publish is recognised: minutes, the span over which clients retry
+    # (see ``Settings.idempotency_ttl``), not the log's retention.
+    idempotency_ttl: float = 600.0
     # Seconds a presence entry lives after its last renewal.
     presence_ttl: float = 15.0
 
@@ -92,6 +112,16 @@ class ReadResult:
 
 
 PresenceSink = Callable[[PresenceDiff], None]
+
+
+def expired_gap(channel: str, after: StreamId, now_ms: int, max_age: float) -> Gap | None:
+    """The gap a reader at ``after`` gets from a channel that holds nothing (never
+    written, or dropped after ``max_age`` with no event): every dropped event was at
+    least ``max_age`` old, so it is at or below ``(now_ms - max_age, MAX_SEQ)``."""
+    if after == ZERO or max_age <= 0:
+        return None
+    until = (now_ms - int(max_age * 1000), MAX_SEQ)
+    return Gap(channel, after, until) if after < until else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +223,7 @@ class Backend(abc.ABC):
 
 
 __all__ = [
+    "EXPIRY_MARGIN",
     "Backend",
     "GapSink",
     "ListenerStatus",
@@ -204,4 +235,5 @@ __all__ = [
     "ReadResult",
     "Retention",
     "Sink",
+    "expired_gap",
 ]

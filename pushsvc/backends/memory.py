@@ -9,18 +9,28 @@ pure rules that decide diffs), on the monotonic clock. Expired entries are swept
 presence call on their channel, and every refresh sweeps every channel that has
 presence, so an entry that its owner forgot (never left, never refreshed) leaves by
 itself and a channel's presence is dropped with its last entry.
+
+Expiry (nothing grows without bound): the logs are kept in least-recently-appended
+order, so the channels that may have expired are at the front. A channel with no event
+for ``max_age`` + ``EXPIRY_MARGIN``, no idempotency record still in force and no
+listener is evicted lazily (a read finds it expired; each append looks at the
+``SWEEP_ON_APPEND`` oldest) and by a periodic sweep of at most ``SWEEP_MAX`` channels a
+tick: no per-channel timer, work bounded per call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import dataclasses
 import itertools
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 
+from pushsvc._tasks import cancel_and_wait
 from pushsvc.backends.base import (
+    EXPIRY_MARGIN,
     Backend,
     ListenerStatus,
     Message,
@@ -29,14 +39,18 @@ from pushsvc.backends.base import (
     PresenceSnapshot,
     ReadResult,
     Retention,
+    expired_gap,
 )
 from pushsvc.protocol.events import Event, Gap
 from pushsvc.protocol.ids import ZERO, StreamId
 from pushsvc.protocol.presence import PresenceTable
 
+SWEEP_ON_APPEND = 2
+SWEEP_MAX = 1000
+
 
 class _Log:
-    __slots__ = ("events", "idem", "ids", "last", "max_deleted")
+    __slots__ = ("events", "idem", "idem_until", "ids", "last", "max_deleted")
 
     def __init__(self) -> None:
         self.events: deque[Event] = deque()
@@ -44,27 +58,86 @@ class _Log:
         self.last: StreamId = ZERO
         self.max_deleted: StreamId = ZERO
         self.idem: dict[str, tuple[float, Event]] = {}
+        self.idem_until = 0.0  # monotonic time the last idempotency record expires
 
 
 class MemoryBackend(Backend):
     def __init__(self, url: str = "memory://", retention: Retention | None = None) -> None:
         super().__init__(retention or Retention())
-        self._logs: dict[str, _Log] = {}
+        # least recently appended first: the channels that may have expired lead
+        self._logs: OrderedDict[str, _Log] = OrderedDict()
         self._listening: set[str] = set()
         self._presence: dict[str, PresenceTable] = {}
         self._presence_seq = 0
         self._presence_last: dict[str, int] = {}  # channels with members: last change
+        self._sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def channel_count(self) -> int:
+        """Channels whose log is held (evicted ones excluded)."""
+        return len(self._logs)
 
     async def start(self) -> None:
-        return None
+        if self._sweeper is None and self.retention.max_age > 0:
+            self._sweeper = asyncio.create_task(self._sweep_forever(), name="pushsvc-memory-sweep")
 
     async def close(self) -> None:
         self._listening.clear()
+        await cancel_and_wait(self._sweeper)
+        self._sweeper = None
 
     def _log(self, channel: str) -> _Log:
         log = self._logs.get(channel)
         if log is None:
             log = self._logs[channel] = _Log()
+        else:
+            self._logs.move_to_end(channel)
+        return log
+
+    # --- expiry ------------------------------------------------------------------------
+
+    def _expired(self, channel: str, log: _Log, now_ms: float, now: float) -> bool:
+        """No event for max_age + margin, no idempotency record in force, no listener."""
+        max_age = self.retention.max_age
+        return (
+            max_age > 0
+            and log.last[0] <= now_ms - (max_age + EXPIRY_MARGIN) * 1000
+            and log.idem_until <= now
+            and channel not in self._listening
+        )
+
+    def sweep(self, limit: int = SWEEP_MAX) -> int:
+        """Look at up to ``limit`` of the least recently appended channels, evict those
+        expired; answer how many were evicted. Stops at the first one that is not
+        expired (those behind it were appended later), except one that only a listener
+        or an idempotency record holds: that one goes to the back, to be looked at
+        again after the others."""
+        now_ms, now = time.time() * 1000, time.monotonic()
+        horizon_ms = now_ms - (self.retention.max_age + EXPIRY_MARGIN) * 1000
+        evicted = 0
+        for _ in range(min(limit, len(self._logs))):
+            channel, log = next(iter(self._logs.items()))
+            if self._expired(channel, log, now_ms, now):
+                del self._logs[channel]
+                evicted += 1
+            elif log.last[0] <= horizon_ms:  # old, but held: look again later
+                self._logs.move_to_end(channel)
+            else:
+                break
+        return evicted
+
+    async def _sweep_forever(self) -> None:
+        interval = min(max(self.retention.max_age / 4, 0.05), 30.0)
+        while True:
+            await asyncio.sleep(interval)
+            self.sweep()
+
+    def _read_log(self, channel: str) -> _Log | None:
+        """The channel's log, None when there is none or it has just expired."""
+        log = self._logs.get(channel)
+        if log is not None and self._expired(channel, log, time.time() * 1000, time.monotonic()):
+            del self._logs[channel]
+            return None
         return log
 
     def _next_id(self, log: _Log) -> StreamId:
@@ -75,6 +148,7 @@ class MemoryBackend(Backend):
     async def append_many(self, messages: Sequence[Message]) -> list[Event]:
         out: list[Event] = []
         now = time.monotonic()
+        self.sweep(SWEEP_ON_APPEND)
         for m in messages:
             log = self._log(m.channel)
             if m.idempotency_key is not None:
@@ -87,7 +161,8 @@ class MemoryBackend(Backend):
             log.events.append(event)
             log.ids.append(event.id)
             if m.idempotency_key is not None:
-                log.idem[m.idempotency_key] = (now + self.retention.idempotency_ttl, event)
+                log.idem_until = now + self.retention.idempotency_ttl
+                log.idem[m.idempotency_key] = (log.idem_until, event)
                 if len(log.idem) > 2 * self.retention.max_len:
                     self._expire_idem(log, now)
             self._trim(log)
@@ -107,16 +182,17 @@ class MemoryBackend(Backend):
             log.max_deleted = log.ids.popleft()
 
     async def read_after(self, channel: str, after: StreamId, limit: int) -> ReadResult:
-        log = self._logs.get(channel)
+        log = self._read_log(channel)
         if log is None:
-            return ReadResult([], ZERO)
+            gap = expired_gap(channel, after, int(time.time() * 1000), self.retention.max_age)
+            return ReadResult([], ZERO, gap)
         gap = Gap(channel, after, log.max_deleted) if log.max_deleted > after else None
         start = bisect.bisect_right(log.ids, after)
         events = list(itertools.islice(log.events, start, start + limit))
         return ReadResult(events, log.last, gap)
 
     async def top(self, channel: str) -> StreamId:
-        log = self._logs.get(channel)
+        log = self._read_log(channel)
         return ZERO if log is None else log.last
 
     async def listen(self, channel: str) -> None:

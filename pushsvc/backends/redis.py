@@ -3,7 +3,10 @@
 Decisions (DESIGN 1 and 2):
 
 - One stream per channel, keys hash-tagged per channel (``{prefix}{channel}:log``,
-  ``…:idem:<key>``, shard channel ``…:n``) so that each channel lives in one cluster slot.
+  idempotency buckets ``…:i:<n>``, shard channel ``…:n``) so that each channel lives in
+  one cluster slot. Every key expires by itself: the stream ``max_age`` (plus a margin)
+  after its last event, a bucket of idempotency records ``idempotency_ttl`` after its
+  newest one, presence keys ``presence_ttl`` after their last renewal.
   This module talks to one node; a cluster needs a listener connection per shard.
 - Live notifications: a Lua script appends (idempotency check, XADD, trimming by count
   and by age on the server clock) and SPUBLISHes the new entry's ID *and fields* in the
@@ -82,6 +85,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pushsvc._tasks import cancel_and_wait
 from pushsvc.backends.base import (
+    EXPIRY_MARGIN,
     Backend,
     ListenerStatus,
     Message,
@@ -90,6 +94,7 @@ from pushsvc.backends.base import (
     PresenceSnapshot,
     ReadResult,
     Retention,
+    expired_gap,
 )
 from pushsvc.exceptions import BackendError, ConfigError
 from pushsvc.protocol.events import Event, Gap
@@ -101,25 +106,52 @@ DEFAULT_PREFIX = "pushsvc:"
 CATCH_UP_PAGE = 1000
 DEFAULT_MAX_CONNECTIONS = 64
 DEFAULT_POOL_TIMEOUT = 5.0
+# Idempotency records are kept in this many hash buckets per TTL: a bucket key lives
+# ``ttl / IDEM_BUCKETS`` longer than its newest record needs; a lookup reads
+# IDEM_BUCKETS + 1 fields.
+IDEM_BUCKETS = 4
 
-# KEYS[1] stream, KEYS[2] idempotency key (optional).
+# KEYS[1] stream, KEYS[2] the channel's idempotency bucket prefix (optional).
 # ARGV: shard channel, event name, data, binary "1"/"0", max_len, slack, max_age ms,
-# idempotency ttl ms. Answers {id, 0} for a new entry, {id, 1[, fields]} for a repeat
-# (no fields when the original entry was trimmed since).
+# idempotency ttl ms, idempotency key, stream expiry ms (0: none). Answers {id, 0} for a
+# new entry, {id, 1[, fields]} for a repeat (no fields when the original entry was trimmed
+# since).
 #
 # Redis records no trimmed IDs (max-deleted-entry-id follows XDEL only, not XTRIM or
 # MAXLEN), so the script picks the greatest ID to drop (by count, then by age), trims
 # below it with XTRIM MINID and XDELs that ID itself: max-deleted-entry-id then is the
 # greatest trimmed ID, exactly what a Gap needs. "Approximate" trims in batches of slack.
+#
+# Growth (nothing grows without bound): every write re-arms the stream's PEXPIRE to
+# max_age + EXPIRY_MARGIN, so a channel with no event for that long loses its stream.
+# Idempotency records are fields of one hash per channel per time bucket
+# (``<prefix>{channel}:i:<bucket>``, IDEM_BUCKETS buckets per TTL, on the Redis clock),
+# not a key each: a record is a field and its event ID, the bucket key expires once its
+# newest record is ``ttl`` old. A record counts while its event ID (the server time it
+# was stored) is less than ``ttl`` old, so the semantics are exact whatever the bucket.
+# The bucket keys are built here from KEYS[2] (same hash tag, so same slot).
 APPEND_LUA = """
 local stream, idem = KEYS[1], KEYS[2]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local bucket_key, bucket_until
 if idem then
-  local prev = redis.call('GET', idem)
-  if prev then
-    local found = redis.call('XRANGE', stream, prev, prev)
-    if #found == 1 then return {prev, 1, found[1][2]} end
-    return {prev, 1}
+  local ttl = tonumber(ARGV[8])
+  local width = math.max(1, math.floor(ttl / IDEM_BUCKETS))
+  local bucket = math.floor(now / width)
+  for b = bucket, bucket - IDEM_BUCKETS, -1 do
+    local prev = redis.call('HGET', idem .. string.format('%.0f', b), ARGV[9])
+    if prev then
+      if tonumber(string.match(prev, '^(%d+)')) + ttl > now then
+        local found = redis.call('XRANGE', stream, prev, prev)
+        if #found == 1 then return {prev, 1, found[1][2]} end
+        return {prev, 1}
+      end
+      break  -- an expired record: newer buckets hold none for this key
+    end
   end
+  bucket_key = idem .. string.format('%.0f', bucket)
+  bucket_until = string.format('%.0f', (bucket + 1) * width + ttl)
 end
 local id
 if ARGV[4] == '1' then
@@ -136,8 +168,7 @@ if len > max_len + tonumber(ARGV[6]) then
 end
 local max_age = tonumber(ARGV[7])
 if max_age > 0 then
-  local t = redis.call('TIME')
-  local min_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - max_age
+  local min_ms = now - max_age
   local id_ms = tonumber(string.match(id, '^(%d+)'))
   if min_ms > id_ms then min_ms = id_ms end
   local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
@@ -163,16 +194,24 @@ if cut then
   redis.call('XTRIM', stream, 'MINID', '=', cut)
   redis.call('XDEL', stream, cut)
 end
-if idem then redis.call('SET', idem, id, 'PX', ARGV[8]) end
+if tonumber(ARGV[10]) > 0 then redis.call('PEXPIRE', stream, ARGV[10]) end
+if idem then
+  redis.call('HSET', bucket_key, ARGV[9], id)
+  redis.call('PEXPIREAT', bucket_key, bucket_until)
+end
 local note = id .. ' ' .. ARGV[4] .. ' ' .. #ARGV[2] .. ' ' .. ARGV[2] .. ARGV[3]
 redis.call('SPUBLISH', ARGV[1], note)
 return {id, 0}
-"""
+""".replace("IDEM_BUCKETS", str(IDEM_BUCKETS))
 
 # KEYS[1] stream. ARGV: first ID to answer (inclusive), count.
-# Answers {} for a missing stream, else {last-generated-id, max-deleted-entry-id, entries}.
+# Answers {server time in ms} for a missing stream (never written, or expired: see
+# ``expired_gap``), else {last-generated-id, max-deleted-entry-id, entries}.
 READ_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  local t = redis.call('TIME')
+  return {string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))}
+end
 local info = redis.call('XINFO', 'STREAM', KEYS[1])
 local last, deleted = '0-0', '0-0'
 for i = 1, #info, 2 do
@@ -530,8 +569,9 @@ class RedisBackend(Backend):
     def _stream_key(self, channel: str) -> str:
         return f"{self.prefix}{{{channel}}}:log"
 
-    def _idem_key(self, channel: str, key: str) -> str:
-        return f"{self.prefix}{{{channel}}}:idem:{key}"
+    def _idem_prefix(self, channel: str) -> str:
+        """The channel's idempotency bucket keys are this and a bucket number."""
+        return f"{self.prefix}{{{channel}}}:i:"
 
     def _shard_channel(self, channel: str) -> bytes:
         return f"{self.prefix}{{{channel}}}:n".encode()
@@ -593,12 +633,13 @@ class RedisBackend(Backend):
         slack = min(100, r.max_len // 10) if r.approximate else 0
         max_age_ms = max(0, int(r.max_age * 1000))
         idem_ttl_ms = max(1, int(r.idempotency_ttl * 1000))
+        expiry_ms = max_age_ms + int(EXPIRY_MARGIN * 1000) if max_age_ms else 0
         sha = self._append_script.sha
         async with self._redis.pipeline(transaction=False) as pipe:
             for m in messages:
                 keys = [self._stream_key(m.channel)]
                 if m.idempotency_key is not None:
-                    keys.append(self._idem_key(m.channel, m.idempotency_key))
+                    keys.append(self._idem_prefix(m.channel))
                 pipe.evalsha(
                     sha,
                     len(keys),
@@ -611,6 +652,8 @@ class RedisBackend(Backend):
                     slack,
                     max_age_ms,
                     idem_ttl_ms,
+                    m.idempotency_key or "",
+                    expiry_ms,
                 )
             results: list[Any] = await pipe.execute(raise_on_error=False)
         return await self._redo_unloaded(
@@ -652,8 +695,9 @@ class RedisBackend(Backend):
     async def read_after(self, channel: str, after: StreamId, limit: int) -> ReadResult:
         with _wrapped("read"):
             res = await self._run_read(channel, _successor(after), max(0, limit))
-        if not res:
-            return ReadResult([], ZERO)
+        if len(res) == 1:  # no stream: never written, or expired
+            gap = expired_gap(channel, after, int(res[0]), self.retention.max_age)
+            return ReadResult([], ZERO, gap)
         top, deleted = _id(res[0]), _id(res[1])
         events = [_event(channel, raw_id, fields) for raw_id, fields in res[2]]
         gap = Gap(channel, after, deleted) if deleted > after else None
@@ -662,7 +706,7 @@ class RedisBackend(Backend):
     async def top(self, channel: str) -> StreamId:
         with _wrapped("read"):
             res = await self._run_read(channel, ZERO, 0)
-        return _id(res[0]) if res else ZERO
+        return _id(res[0]) if len(res) > 1 else ZERO
 
     # --- presence --------------------------------------------------------------------
 
