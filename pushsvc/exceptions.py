@@ -7,7 +7,7 @@ response, a refused WebSocket upgrade, an ``error`` frame or a WebSocket close::
 
     PushError
     ├── ConfigError                  (server misconfiguration; never sent to clients)
-    ├── BackendError                 503 / 1011  the log is unreachable
+    ├── BackendError                 503 / 1011  the log is unreachable (Retry-After)
     └── ClientError                  400 / 4400
         ├── BadRequest               400 / 4400  malformed input (JSON, fields, names)
         │   └── BadCursor            400 / 4400  undecodable or tampered cursor
@@ -55,6 +55,11 @@ class BackendError(PushError):
     close_code = codes.WS_1011_INTERNAL_ERROR
     problem = "backend-unavailable"
     title = "Backend unavailable"
+
+    def __init__(self, detail: str = "", **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        # transient (Redis restarting, failing over): a publisher retries after a second
+        self.headers["Retry-After"] = "1"
 
 
 class ClientError(PushError):
