@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import math
 import random
@@ -113,7 +114,7 @@ IDEM_BUCKETS = 4
 
 # KEYS[1] stream, KEYS[2] the channel's idempotency bucket prefix (optional).
 # ARGV: shard channel, event name, data, binary "1"/"0", max_len, slack, max_age ms,
-# idempotency ttl ms, idempotency key, stream expiry ms (0: none). Answers {id, 0} for a
+# idempotency ttl ms, idempotency field, stream expiry ms (0: none). Answers {id, 0} for a
 # new entry, {id, 1[, fields]} for a repeat (no fields when the original entry was trimmed
 # since).
 #
@@ -126,9 +127,10 @@ IDEM_BUCKETS = 4
 # max_age + EXPIRY_MARGIN, so a channel with no event for that long loses its stream.
 # Idempotency records are fields of one hash per channel per time bucket
 # (``<prefix>{channel}:i:<bucket>``, IDEM_BUCKETS buckets per TTL, on the Redis clock),
-# not a key each: a record is a field and its event ID, the bucket key expires once its
-# newest record is ``ttl`` old. A record counts while its event ID (the server time it
-# was stored) is less than ``ttl`` old, so the semantics are exact whatever the bucket.
+# not a key each: a record is a field (``idempotency_field``: 12 bytes) and its event
+# ID; a bucket key expires once its newest record is ``ttl`` old. A record counts while
+# its event ID (the server time it was stored) is less than ``ttl`` old, so the
+# semantics are exact whatever the bucket.
 # The bucket keys are built here from KEYS[2] (same hash tag, so same slot).
 APPEND_LUA = """
 local stream, idem = KEYS[1], KEYS[2]
@@ -435,6 +437,13 @@ class _BlockingPool(aioredis.BlockingConnectionPool):
         return conn
 
 
+def idempotency_field(key: str) -> bytes:
+    """An idempotency record's field: 12 bytes of the key's BLAKE2b digest (a WebSocket
+    publish's key is ``u:<subject>:<message id>``, 40 bytes and more; 96 bits make a
+    collision between two keys of one channel within the TTL out of reach)."""
+    return hashlib.blake2b(key.encode(), digest_size=12).digest()
+
+
 def _redacted(url: str) -> str:
     parts = urlsplit(url)
     host = parts.hostname or ""
@@ -640,6 +649,7 @@ class RedisBackend(Backend):
                 keys = [self._stream_key(m.channel)]
                 if m.idempotency_key is not None:
                     keys.append(self._idem_prefix(m.channel))
+                    idem_field = idempotency_field(m.idempotency_key)
                 pipe.evalsha(
                     sha,
                     len(keys),
@@ -652,7 +662,7 @@ class RedisBackend(Backend):
                     slack,
                     max_age_ms,
                     idem_ttl_ms,
-                    m.idempotency_key or "",
+                    idem_field if m.idempotency_key is not None else b"",
                     expiry_ms,
                 )
             results: list[Any] = await pipe.execute(raise_on_error=False)
