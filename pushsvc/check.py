@@ -6,9 +6,10 @@ and receive its live notification. Each step is timed and printed; the first tha
 ends the check with a ``CheckFailed`` naming the step and the reason (the CLI turns it
 into one line and a non-zero exit, never a traceback). The retention printed is the one
 a server started with the same environment would apply (``Settings.from_env``). On Redis
-the scratch stream is deleted afterwards (its key named as the backend names it), and
-the server's version and mode come from ``INFO server`` on a connection of the check's
-own, so that nothing in the backend's API exists only for the check.
+the server's version and mode come from ``INFO server`` and the scratch stream is
+deleted afterwards, both through the backend's own client and key naming (its private
+``_redis`` and ``_stream_key``, read with ``getattr``), so that nothing in the backend's
+public API exists only for the check.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pushsvc.backends import Backend, Message, Retention, open_backend
 from pushsvc.protocol.events import Event
@@ -99,7 +100,7 @@ async def run(url: str, timeout: float, say: Callable[[str], None]) -> Report:
     try:
         await step("connect", backend.start())
         started = True
-        kind = await step("server info", _kind(url, backend, timeout))
+        kind = await step("server info", _kind(url, backend))
         say(f"backend     {kind}")
         say(f"connect     {_ms(timings['connect'])}")
         await step("listen", backend.listen(channel))
@@ -119,7 +120,7 @@ async def run(url: str, timeout: float, say: Callable[[str], None]) -> Report:
         timings["notification"] = arrived - appended_at
         say(f"notify      {_ms(timings['notification'])}  after the append")
         say(f"retention   {describe_retention(retention)}")
-        await step("cleanup", _cleanup(url, backend, channel, timeout))
+        await step("cleanup", _cleanup(backend, channel))
         return Report(kind, retention, timings)
     finally:
         if not received.done():
@@ -136,39 +137,20 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:7.2f} ms"
 
 
-async def _kind(url: str, backend: Backend, timeout: float) -> str:
-    if not url.startswith(("redis://", "rediss://")):
+async def _kind(url: str, backend: Backend) -> str:
+    client = getattr(backend, "_redis", None)
+    if client is None:
         return "memory (in this process only: the check proves the code path, not a fleet)"
-    info = await _redis_info(url, timeout)
-    mode = str(info.get("redis_mode", "unknown"))
-    return f"Redis {info.get('redis_version', '?')} ({mode}) at {getattr(backend, '_where', url)}"
+    info: dict[str, Any] = await client.info("server")
+    if "redis_version" not in info and info:  # a cluster client answers per node
+        info = next(iter(info.values()))
+    mode = info.get("redis_mode", "unknown")
+    where = getattr(backend, "_where", url.partition("?")[0])
+    return f"Redis {info.get('redis_version', '?')} ({mode}) at {where}"
 
 
-async def _redis_info(url: str, timeout: float) -> dict[str, object]:
-    import redis.asyncio as aioredis
-
-    from pushsvc.backends.redis import parse_pool_options, parse_url
-
-    redis_url, _ = parse_pool_options(parse_url(url)[0])
-    client = aioredis.Redis.from_url(redis_url, socket_connect_timeout=timeout)
-    try:
-        info: dict[str, object] = await client.info("server")
-        return info
-    finally:
-        await client.aclose()
-
-
-async def _cleanup(url: str, backend: Backend, channel: str, timeout: float) -> None:
-    if not url.startswith(("redis://", "rediss://")):
-        return
-    import redis.asyncio as aioredis
-
-    from pushsvc.backends.redis import parse_pool_options, parse_url
-
-    key: str = backend._stream_key(channel)  # type: ignore[attr-defined]
-    redis_url, _ = parse_pool_options(parse_url(url)[0])
-    client = aioredis.Redis.from_url(redis_url, socket_connect_timeout=timeout)
-    try:
-        await client.delete(key)
-    finally:
-        await client.aclose()
+async def _cleanup(backend: Backend, channel: str) -> None:
+    client = getattr(backend, "_redis", None)
+    stream_key = getattr(backend, "_stream_key", None)
+    if client is not None and stream_key is not None:
+        await client.delete(stream_key(channel))
