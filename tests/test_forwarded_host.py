@@ -23,6 +23,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 from websockets.typing import Origin
 
+from pushsvc.transports.admission import forwarded_host, peer_trusted
 from tests.fixtures_nginx import _CONFIG, PAGES, STATIC, Nginx
 from tests.fixtures_server import Server, free_port, make_server
 from tests.waiting import until_sync as until
@@ -126,3 +127,37 @@ def test_forwarded_host_from_an_untrusted_peer_is_ignored(proxied: Proxied) -> N
     text = log.read_text()
     assert "came from 127.0.0.1, which FORWARDED_ALLOW_IPS does not trust" in text
     assert "'10.255.255.1'" in text
+
+
+# --- the trust decision and the header parsing, without a server ---------------------------
+
+
+def _scope(client: tuple[str, int] | None, **headers: str) -> dict[str, object]:
+    raw = [(k.replace("_", "-").encode(), v.encode()) for k, v in headers.items()]
+    return {"type": "websocket", "client": client, "headers": raw}
+
+
+def test_forwarded_host_prefers_rfc7239_and_takes_the_first_element() -> None:
+    assert forwarded_host(_scope(None)) is None
+    assert forwarded_host(_scope(None, x_forwarded_host="a.example:8080, b")) == "a.example:8080"
+    both = _scope(None, x_forwarded_host="x.example", forwarded='for=1.2.3.4;host="a.example:81"')
+    assert forwarded_host(both) == "a.example:81"
+    assert forwarded_host(_scope(None, forwarded="for=1.2.3.4, host=b.example")) is None
+
+
+def test_peer_trusted_follows_forwarded_allow_ips(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FORWARDED_ALLOW_IPS", raising=False)
+    assert peer_trusted(_scope(("127.0.0.1", 50000)))  # uvicorn's default: loopback
+    assert peer_trusted(_scope(("::1", 50000)))
+    assert not peer_trusted(_scope(("10.1.2.3", 50000)))
+    assert not peer_trusted(_scope(None))
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "10.0.0.0/8, 192.0.2.7")
+    assert peer_trusted(_scope(("10.1.2.3", 50000)))
+    assert peer_trusted(_scope(("192.0.2.7", 50000)))
+    assert not peer_trusted(_scope(("127.0.0.1", 50000)))
+    # uvicorn replaced a trusted peer's address by X-Forwarded-For's, which has no port
+    assert peer_trusted(_scope(("203.0.113.9", 0), x_forwarded_for="203.0.113.9"))
+    # an untrusted peer keeps its own address and port, whatever it claims
+    assert not peer_trusted(_scope(("203.0.113.9", 40000), x_forwarded_for="10.1.2.3"))
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "*")
+    assert peer_trusted(_scope(("203.0.113.9", 40000)))
