@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                     elif frame.event == "token-expired":
                         print("token expired: get a fresh token, resume from the cursor")
                         return 2
-                    elif frame.event == "close":  # e.g. 1001 server restart, 4008 too slow
+                    elif frame.event == "close":  # e.g. 1012 server restart, 4008 too slow
                         print("closed by the server", item["code"], item["reason"])
                         break
                     if received >= args.count:

@@ -264,6 +264,11 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     _, hub, _ = state(request.scope)
+    if hub.draining:  # a graceful shutdown began: a load balancer sends nothing more here
+        return JSONResponse(
+            {"status": "unavailable", "detail": "draining: the instance is shutting down"},
+            status_code=503,
+        )
     started = time.perf_counter()
     try:
         await hub.backend.ping()

@@ -122,12 +122,16 @@ class Hub:
         self._tasks: set[asyncio.Task[None]] = set()
         self._heartbeat_task: asyncio.Task[None] | None = None
         self.closing = False
+        self.draining = False  # ``drain()`` began: readiness answers 503
+        self._close_code = codes.WS_1001_GOING_AWAY
+        self._close_reason = "server shutting down"
         self.metrics = metrics if metrics is not None else Metrics(settings=settings)
         self._dirty: deque[Session] = deque()
         self._recent: dict[str, RecentEvents] = {}  # listened channels: latest live events
         self._lingering: dict[str, asyncio.TimerHandle] = {}
         self._left: dict[str, float] = {}
         self._flushing = False
+        self._flushed: asyncio.Event | None = None  # set when the flush passes end (drain)
         # presence: this process's entries by (channel, conn_id), and diff callbacks
         self.instance_id = secrets.token_hex(6)
         self._conn_ids = itertools.count(1)
@@ -146,18 +150,39 @@ class Hub:
             self._presence_refresher(), name="pushsvc-presence"
         )
 
-    def close_sessions(self) -> None:
-        """Close every session (streams end, WebSockets get 1001), keeping the backend.
+    def close_sessions(
+        self, code: int = codes.WS_1001_GOING_AWAY, reason: str = "server shutting down"
+    ) -> None:
+        """Close every session (streams end, WebSockets get ``code``), keeping the backend.
 
-        A server calls this when its shutdown starts: uvicorn waits for open responses
-        before the lifespan shutdown, and SSE streams never end by themselves. Sessions
-        registered afterwards are closed at once."""
-        self.closing = True
+        A server calls this when its shutdown starts (``drain``): uvicorn waits for open
+        responses before the lifespan shutdown, and SSE streams never end by themselves.
+        Sessions registered afterwards are closed at once, with the same code."""
+        if not self.closing:
+            self.closing = True
+            self._close_code, self._close_reason = code, reason
         for session in list(self.sessions):
-            session.close(codes.WS_1001_GOING_AWAY, "server shutting down")
+            session.close(self._close_code, self._close_reason)
+
+    async def drain(self, flush_timeout: float = 1.0) -> None:
+        """The start of a graceful shutdown: readiness answers 503 from here on; every
+        session is told to move (WebSockets close 1012, SSE streams end with a ``close``
+        event carrying 1012, pending long-polls answer at once with what they have and
+        their cursor); returns once what was queued, closes included, is written (or
+        after ``flush_timeout``: a connection whose socket pushes back finishes on its
+        own, and its client resumes from its cursor either way)."""
+        self.draining = True
+        self.close_sessions(codes.WS_1012_SERVICE_RESTART, "service restart")
+        if self._flushing:
+            self._flushed = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(flush_timeout):
+                    await self._flushed.wait()
+            self._flushed = None
 
     async def close(self) -> None:
-        """Close every session (streams end, WebSockets get 1001) and the backend."""
+        """Close every session (streams end, WebSockets get 1001, or 1012 after a
+        ``drain``) and the backend."""
         self.close_sessions()
         await cancel_and_wait(self._heartbeat_task, self._presence_task)
         await self._leave_all()
@@ -174,7 +199,7 @@ class Hub:
         self.sessions.add(session)
         self.metrics.opened(session)
         if self.closing:
-            session.close(codes.WS_1001_GOING_AWAY, "server shutting down")
+            session.close(self._close_code, self._close_reason)
 
     def forget(self, session: Session) -> None:
         if session in self.sessions:
@@ -326,6 +351,8 @@ class Hub:
             asyncio.get_running_loop().call_soon(self._flush)
         else:
             self._flushing = False
+            if self._flushed is not None:
+                self._flushed.set()
 
     # --- presence ------------------------------------------------------------------------
 

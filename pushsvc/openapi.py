@@ -696,7 +696,10 @@ def openapi_document(settings: Settings, root_path: str = "") -> dict[str, Any]:
                 "A round trip to the backend and the state of the process's listener.",
                 {
                     "200": _json(_ref("Readiness"), "Ready."),
-                    "503": _json(_ref("Readiness"), "The backend or its listener is down."),
+                    "503": _json(
+                        _ref("Readiness"),
+                        "The backend or its listener is down, or the instance is draining.",
+                    ),
                 },
                 security=[],
             )

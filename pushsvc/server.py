@@ -56,10 +56,16 @@ holds no compression state at all.
 uvicorn's protocol pings (every 20 s, closing a connection whose pong is 20 s late)
 find dead peers; pushsvc's heartbeats are app frames that browsers and proxies see.
 
-Shutdown: uvicorn waits for every open HTTP response before it runs the lifespan
-shutdown, and an SSE stream never ends by itself. ``GracefulServer`` therefore closes the
-hub's sessions (streams end, WebSockets get 1001, long-polls answer) right after it stops
-listening.
+Shutdown (a drain): uvicorn waits for every open HTTP response before it runs the
+lifespan shutdown, and an SSE stream never ends by itself. ``GracefulServer`` therefore
+stops listening (a new connection is refused: a proxy passes it to another instance) and
+drains the hub at once (``Hub.drain``: WebSockets close 1012 "service restart", SSE
+streams end with a ``close`` event carrying 1012, pending long-polls answer with what they
+have and their cursor; the clients resume on another instance at once), then lets
+uvicorn wait up to ``timeout_graceful_shutdown`` (``--graceful-timeout``) for the
+connections to end before it cancels what is left. The hub's writes are flushed before
+uvicorn's own shutdown of each connection, which would otherwise close a WebSocket with
+its own 1012 ahead of the events still queued for it (docs/how-to/drain.md).
 """
 
 from __future__ import annotations
@@ -70,6 +76,7 @@ import functools
 import logging
 import socket
 import struct
+import time
 from collections.abc import Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -491,11 +498,12 @@ def config(app: ASGIApp, settings: Settings, **overrides: Any) -> uvicorn.Config
 
 
 class SessionCloser(Protocol):
-    def close_sessions(self) -> None: ...
+    async def drain(self) -> None: ...
 
 
 class GracefulServer(uvicorn.Server):
-    """uvicorn's server, ending pushsvc's sessions as soon as the shutdown starts."""
+    """uvicorn's server, draining pushsvc's sessions as soon as the shutdown starts
+    (SIGTERM, SIGINT): see the module docstring."""
 
     def __init__(self, config: uvicorn.Config, hub: SessionCloser) -> None:
         super().__init__(config)
@@ -504,8 +512,10 @@ class GracefulServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:
             server.close()  # no new connection may start a stream from here on
-        self.hub.close_sessions()
+        started = time.monotonic()
+        await self.hub.drain()
         await super().shutdown(sockets)
+        log.info("drained and shut down in %.3f s", time.monotonic() - started)
 
 
 def run(

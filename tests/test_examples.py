@@ -185,7 +185,7 @@ def test_mount_example_serves_pushsvc_under_a_prefix(server: Server) -> None:
     ((published,),) = [line.split()[1:] for line in out if line.startswith("published")]
     assert f"polled news {published} mounted" in out
     # shutdown ends the open SSE stream with a close event instead of waiting on it
-    assert 'sse closed {"code":1001,"reason":"server shutting down"}' in out
+    assert 'sse closed {"code":1012,"reason":"service restart"}' in out
     assert out[-1] == "stopped in under a second"
 
 

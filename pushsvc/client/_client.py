@@ -428,6 +428,12 @@ class Client:
                             await self._drop_pooled_connections()
                     if loop.time() - started >= self.healthy_after:
                         self._backoff.reset()
+                    if isinstance(lost, Transient) and lost.at_once:
+                        # a drain (1012): the instance leaves, another one is up; a
+                        # refused reconnect falls back to the backoff from its start
+                        self._backoff.reset()
+                        self._set_state(DISCONNECTED, None)
+                        continue
                 self._set_state(DISCONNECTED, None)
                 await asyncio.sleep(self._backoff.next_delay())
         except ServerRejected as exc:

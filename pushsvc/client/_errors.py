@@ -54,9 +54,20 @@ class Blocked(Exception):
 class Transient(Exception):
     """The server or network failed: reconnect with backoff. ``silent``: the connection
     went quiet (pooled connections are likely dead too); ``reauth``: the credentials
-    should be checked again (negotiate)."""
+    should be checked again (negotiate); ``at_once``: reconnect without a backoff delay
+    (the instance drains: another one is up); ``code``: the server's close code."""
 
-    def __init__(self, message: str, *, silent: bool = False, reauth: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        silent: bool = False,
+        reauth: bool = False,
+        at_once: bool = False,
+        code: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.silent = silent
         self.reauth = reauth
+        self.at_once = at_once
+        self.code = code

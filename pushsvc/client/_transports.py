@@ -53,7 +53,7 @@ from pushsvc.client._errors import Blocked, PublishRejected, ServerRejected, Tra
 from pushsvc.client._outbox import Outgoing
 from pushsvc.client._presence import PRESENCE_FRAMES
 from pushsvc.client._sse import SSEMessage, SSEParser
-from pushsvc.protocol.codes import Policy, close_policy
+from pushsvc.protocol.codes import Policy, close_policy, reconnect_at_once
 
 
 class Sink(Protocol):
@@ -111,11 +111,16 @@ def classify_close(code: int, reason: str) -> Exception:
     """The server's close as the table (``pushsvc.protocol.codes``) says: ``stop`` ends
     the client; ``reauth`` reconnects through a negotiate with a token from the token
     source, which ends the client when it is refused (a fixed, stale token); ``resume``
-    (and any code not in the table) reconnects."""
+    (and any code not in the table) reconnects, at once after a drain's code (1012)."""
     policy = close_policy(code)
     if policy is Policy.STOP:
         return ServerRejected(code, reason)
-    return Transient(f"closed with {code} {reason}".strip(), reauth=policy is Policy.REAUTH)
+    return Transient(
+        f"closed with {code} {reason}".strip(),
+        reauth=policy is Policy.REAUTH,
+        at_once=reconnect_at_once(code),
+        code=code,
+    )
 
 
 async def server_answers(ctx: Context) -> float | None:

@@ -7,7 +7,9 @@ client imports it, and tests/test_close_codes.py fails when any of them differs.
 
 A client does one of three things after a close (``Policy``):
 
-- ``resume``: reconnect with backoff and resume from its cursor (nothing is lost);
+- ``resume``: reconnect with backoff and resume from its cursor (nothing is lost); a
+  code marked ``immediate`` (1012, a drain: the instance is leaving, the others are
+  fine) reconnects at once, without a backoff delay;
 - ``reauth``: "fatal unless the client can get a fresh token": reconnect only through a
   new credentials check (``POST /v1/negotiate`` with a token from the client's token
   source, a callable); the client stops when that check is refused, so a client with a
@@ -29,6 +31,7 @@ WS_1000_NORMAL_CLOSURE = 1000
 WS_1001_GOING_AWAY = 1001
 WS_1009_MESSAGE_TOO_BIG = 1009
 WS_1011_INTERNAL_ERROR = 1011
+WS_1012_SERVICE_RESTART = 1012
 WS_1013_TRY_AGAIN_LATER = 1013
 WS_4000_HEARTBEAT_TIMEOUT = 4000
 WS_4008_SLOW_CONSUMER = 4008
@@ -52,6 +55,7 @@ class CloseCode(NamedTuple):
     name: str
     sent: str  # when the server sends it
     policy: Policy
+    immediate: bool = False  # resume without a backoff delay (another instance is up)
 
 
 CLOSE_CODES: dict[int, CloseCode] = {
@@ -61,12 +65,20 @@ CLOSE_CODES: dict[int, CloseCode] = {
         Policy.RESUME,
     ),
     WS_1001_GOING_AWAY: CloseCode(
-        "going-away", "the server is shutting down or restarting", Policy.RESUME
+        "going-away",
+        "the server is shutting down without a drain (the app's hub closed)",
+        Policy.RESUME,
     ),
     WS_1009_MESSAGE_TOO_BIG: CloseCode(
         "too-big", "a frame exceeded max_frame_bytes", Policy.RESUME
     ),
     WS_1011_INTERNAL_ERROR: CloseCode("internal", "server or backend failure", Policy.RESUME),
+    WS_1012_SERVICE_RESTART: CloseCode(
+        "service-restart",
+        "the instance is draining (SIGTERM): resume on another one",
+        Policy.RESUME,
+        immediate=True,
+    ),
     WS_1013_TRY_AGAIN_LATER: CloseCode("try-later", "connection limit reached", Policy.RESUME),
     WS_4000_HEARTBEAT_TIMEOUT: CloseCode(
         "idle", "subscribed to nothing and no client frame within idle_timeout", Policy.RESUME
@@ -102,9 +114,25 @@ def close_policy(code: int) -> Policy:
     return Policy.RESUME if entry is None else entry.policy
 
 
+def reconnect_at_once(code: int) -> bool:
+    """Whether a client resumes after ``code`` without a backoff delay (a drain)."""
+    entry = CLOSE_CODES.get(code)
+    return entry is not None and entry.immediate
+
+
 def policies() -> dict[int, str]:
     """code -> policy name, the form the clients embed."""
     return {code: str(entry.policy) for code, entry in sorted(CLOSE_CODES.items())}
+
+
+def _after(entry: CloseCode) -> str:
+    if entry.immediate:
+        return "reconnects at once (no backoff delay) and resumes"
+    return _AFTER[entry.policy]
+
+
+def _immediate() -> str:
+    return ", ".join(str(c) for c, e in sorted(CLOSE_CODES.items()) if e.immediate)
 
 
 def close_codes_markdown() -> str:
@@ -112,7 +140,7 @@ def close_codes_markdown() -> str:
     rows = ["| code | name | sent when | policy | the client |", "|---|---|---|---|---|"]
     for code, entry in sorted(CLOSE_CODES.items()):
         rows.append(
-            f"| {code} | {entry.name} | {entry.sent} | `{entry.policy}` | {_AFTER[entry.policy]} |"
+            f"| {code} | {entry.name} | {entry.sent} | `{entry.policy}` | {_after(entry)} |"
         )
     rows.append(
         f"| other (1005, 1006) | | no close frame: the connection dropped | `{Policy.RESUME}` "
@@ -135,6 +163,8 @@ def close_codes_js() -> str:
             f'  {code}: Object.freeze({{ name: "{entry.name}", policy: "{entry.policy}" }}),'
         )
     lines.append("});")
+    lines.append("// Resumed without a backoff delay: a drain (another instance takes over).")
+    lines.append(f"export const RECONNECT_AT_ONCE = Object.freeze([{_immediate()}]);")
     return "\n".join(lines) + "\n"
 
 
@@ -153,4 +183,6 @@ def close_codes_dts() -> str:
             f'readonly policy: "{entry.policy}" }};'
         )
     lines.append("};")
+    lines.append("/** Close codes resumed without a backoff delay (a drain). */")
+    lines.append("export declare const RECONNECT_AT_ONCE: readonly number[];")
     return "\n".join(lines) + "\n"

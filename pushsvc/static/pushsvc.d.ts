@@ -33,6 +33,7 @@ export declare const CLOSE_CODES: {
   readonly 1001: { readonly name: "going-away"; readonly policy: "resume" };
   readonly 1009: { readonly name: "too-big"; readonly policy: "resume" };
   readonly 1011: { readonly name: "internal"; readonly policy: "resume" };
+  readonly 1012: { readonly name: "service-restart"; readonly policy: "resume" };
   readonly 1013: { readonly name: "try-later"; readonly policy: "resume" };
   readonly 4000: { readonly name: "idle"; readonly policy: "resume" };
   readonly 4008: { readonly name: "slow-consumer"; readonly policy: "resume" };
@@ -43,6 +44,8 @@ export declare const CLOSE_CODES: {
   readonly 4404: { readonly name: "not-found"; readonly policy: "stop" };
   readonly 4429: { readonly name: "rate-limited"; readonly policy: "resume" };
 };
+/** Close codes resumed without a backoff delay (a drain). */
+export declare const RECONNECT_AT_ONCE: readonly number[];
 // </generated: close codes>
 
 /** Transports in the order the client prefers them. */

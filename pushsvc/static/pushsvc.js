@@ -46,7 +46,8 @@
 //   pushsvc/protocol/codes.py) says what follows: `resume` reconnects with the cursor,
 //   `reauth` reconnects through a negotiate that stops the client unless options.token is a
 //   function, `stop` closes the client. A close without a code (1005, 1006: the network
-//   dropped the connection) is resumed.
+//   dropped the connection) is resumed. A code in RECONNECT_AT_ONCE (1012: the instance
+//   drains, another one takes over) is resumed without a backoff delay.
 // - Watchdog: nothing (not even a heartbeat) for heartbeatFactor x heartbeat_interval + 0.5 s
 //   closes the connection and reconnects. A long-poll request is aborted the same margin
 //   after its own timeout.
@@ -81,6 +82,7 @@ export const CLOSE_CODES = Object.freeze({
   1001: Object.freeze({ name: "going-away", policy: "resume" }),
   1009: Object.freeze({ name: "too-big", policy: "resume" }),
   1011: Object.freeze({ name: "internal", policy: "resume" }),
+  1012: Object.freeze({ name: "service-restart", policy: "resume" }),
   1013: Object.freeze({ name: "try-later", policy: "resume" }),
   4000: Object.freeze({ name: "idle", policy: "resume" }),
   4008: Object.freeze({ name: "slow-consumer", policy: "resume" }),
@@ -91,6 +93,8 @@ export const CLOSE_CODES = Object.freeze({
   4404: Object.freeze({ name: "not-found", policy: "stop" }),
   4429: Object.freeze({ name: "rate-limited", policy: "resume" }),
 });
+// Resumed without a backoff delay: a drain (another instance takes over).
+export const RECONNECT_AT_ONCE = Object.freeze([1012]);
 // </generated: close codes>
 
 // The policy (CLOSE_CODES) for a close code; a code not listed (1005, 1006: no close frame,
@@ -103,7 +107,8 @@ function closePolicy(code) {
 // closes); `resume` and `reauth` reconnect, and every connection cycle starts with a
 // negotiate, which refuses a stale token: fatal then, unless options.token is a function.
 function closedWith(message, code) {
-  return { message, code, fatal: closePolicy(code) === "stop" };
+  const atOnce = RECONNECT_AT_ONCE.includes(code);
+  return { message, code, fatal: closePolicy(code) === "stop", atOnce };
 }
 
 const DEFAULTS = {
@@ -723,7 +728,9 @@ export class PushClient {
       if (reason.fatal && !(await this._recoverable(reason))) return;
       if (now() - since >= this.options.healthyAfter) attempt = 0;
       this._log("lost", conn.transport, reason.message);
-      await this._backoff(attempt++, reason.message);
+      // a drain: the instance leaves and another one is up; a refused reconnect backs off
+      if (reason.atOnce) attempt = 0;
+      await this._backoff(attempt++, reason.message, reason.atOnce);
     }
   }
 
@@ -936,9 +943,9 @@ export class PushClient {
     return this.heartbeatInterval * 1000 * this.options.heartbeatFactor + 500;
   }
 
-  async _backoff(attempt, error) {
+  async _backoff(attempt, error, atOnce = false) {
     const ceiling = Math.min(this.options.backoffCap, this.options.backoffBase * 2 ** attempt);
-    const delay = Math.round(Math.random() * ceiling);
+    const delay = atOnce ? 0 : Math.round(Math.random() * ceiling);
     this._setState("disconnected", { delay, attempt, error });
     await new Promise((resolve) => {
       const timer = setTimeout(resolve, delay);

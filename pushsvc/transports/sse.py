@@ -9,7 +9,8 @@ that one starts a ping task per connection and encodes each event per send, wher
 needs the hub's pre-encoded bytes, one process-wide heartbeat timer, and a write that
 coalesces everything queued for the connection into one ``send``. The hub writes the
 stream (``pushsvc.transports._writer``); the response's own task subscribes, then waits
-for the disconnect. Server shutdown closes the session, which ends the stream.
+for the disconnect. Server shutdown closes the session, which ends the stream (a drain:
+with a ``close`` event carrying 1012, "service restart"; docs/how-to/drain.md).
 
 The first bytes are a comment sent at once: a client that does not see them within a
 short window is behind a buffering proxy and should fall back to long-polling.
