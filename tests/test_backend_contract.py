@@ -20,6 +20,7 @@ from pushsvc.backends.base import EXPIRY_MARGIN
 from pushsvc.backends.memory import MemoryBackend
 from pushsvc.backends.redis import RedisBackend, idempotency_field, parse_url
 from pushsvc.exceptions import BackendError
+from pushsvc.protocol import cursor
 from pushsvc.protocol.events import Event, Gap
 from pushsvc.protocol.ids import ZERO, StreamId
 from tests.fixtures_redis import MakeBackend, with_prefix, without_query
@@ -203,6 +204,7 @@ async def test_a_channel_with_no_event_for_max_age_expires_and_a_cursor_into_it_
         assert (result.events, result.top) == ([], ZERO)
         assert result.gap is not None and result.gap.after == after
         assert result.gap.until > ids[-1]
+        cursor.segment(cursor.channel_hash("c"), result.gap.until)  # fits a cursor
     assert (await backend.read_after("c", ZERO, 10)).gap is None  # nothing seen, none lost
     # the channel starts again above every ID it had, and a cursor into it reads on
     new = await append_ids(backend, "c", 2)

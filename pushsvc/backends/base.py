@@ -25,7 +25,7 @@ Guarantees:
   an ID above every earlier one, from the clock), except that a reader positioned on it
   cannot be told that nothing followed its position: ``read_after`` with ``after`` older
   than the expiry horizon (now - ``max_age``, the newest a dropped event can be) answers
-  ``Gap(after, (horizon_ms, MAX_SEQ))`` (``expired_gap``): a possible loss is explicit,
+  ``Gap(after, (horizon_ms + 1, 0))`` (``expired_gap``): a possible loss is explicit,
   never silent. ``after == (0, 0)`` gets no gap (nothing seen, nothing known lost), nor
   does a position newer than the horizon (no event after it can have expired).
 - **Live notifications.** After ``await listen(channel)`` returns, every event appended
@@ -68,7 +68,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from pushsvc.protocol.events import Event, Gap
-from pushsvc.protocol.ids import MAX_SEQ, ZERO, StreamId
+from pushsvc.protocol.ids import ZERO, StreamId
 from pushsvc.protocol.presence import PresenceDiff, PresenceEntry, PresenceSnapshot
 
 Sink = Callable[[Event], None]
@@ -117,10 +117,12 @@ PresenceSink = Callable[[PresenceDiff], None]
 def expired_gap(channel: str, after: StreamId, now_ms: int, max_age: float) -> Gap | None:
     """The gap a reader at ``after`` gets from a channel that holds nothing (never
     written, or dropped after ``max_age`` with no event): every dropped event was at
-    least ``max_age`` old, so it is at or below ``(now_ms - max_age, MAX_SEQ)``."""
+    least ``max_age`` old, so its ID is below ``(now_ms - max_age + 1, 0)``. That bound
+    fits a cursor (a seq of ``MAX_SEQ`` would not), and no event can ever have it: a new
+    one is stamped ``now_ms`` or later."""
     if after == ZERO or max_age <= 0:
         return None
-    until = (now_ms - int(max_age * 1000), MAX_SEQ)
+    until = (now_ms - int(max_age * 1000) + 1, 0)
     return Gap(channel, after, until) if after < until else None
 
 
