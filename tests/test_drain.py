@@ -30,6 +30,8 @@ import pytest
 
 from pushsvc.app import create_app
 from pushsvc.client._errors import Transient
+from pushsvc.client._transports import classify_close
+from pushsvc.protocol.codes import CLOSE_CODES, reconnect_at_once
 from pushsvc.settings import Settings
 from tests.fixtures_clients import Publisher, PythonClient, assert_exactly_once_in_order
 from tests.fixtures_nginx import Nginx
@@ -42,6 +44,8 @@ PER_INSTANCE = 2  # clients of each streaming transport on each instance
 POLLERS = 3  # long-polls alternate between the instances by themselves
 GRACEFUL_TIMEOUT = 10.0
 EXIT_MARGIN = 5.0  # the interpreter's teardown, on a loaded machine
+BACKOFF = 10.0  # the clients' backoff (base and cap), seconds
+RESUMED_WITHIN = 5.0  # seconds; a client that waited a backoff would take 0-10 s
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -139,8 +143,9 @@ async def place_clients(
     the next connection to the other instance), and ``POLLERS`` long-polling ones.
     Answers (client, whether it is on the instance that will leave)."""
     options: dict[str, Any] = {
-        "backoff_base": 0.2,
-        "backoff_cap": 1.0,
+        # a backoff this long would show: after 1012 the clients reconnect without it
+        "backoff_base": BACKOFF,
+        "backoff_cap": BACKOFF,
         "connect_timeout": 5.0,
         "reprobe_interval": 3600.0,
         "poll_timeout": 20.0,
@@ -243,9 +248,18 @@ async def test_sigterm_drains_an_instance_and_its_clients_resume_on_the_other(
             f"{len(expected)} events, each delivered once to each of {len(clients)} clients"
         )
         assert drain < GRACEFUL_TIMEOUT + EXIT_MARGIN
+        assert resume < RESUMED_WITHIN, "a client waited a backoff delay after 1012"
     finally:
         for client in clients:
             await client.close()
+
+
+@pytest.mark.parametrize("code", [*sorted(CLOSE_CODES), 1005, 1006])
+def test_only_a_drain_is_resumed_without_backoff(code: int) -> None:
+    outcome = classify_close(code, "why")
+    at_once = isinstance(outcome, Transient) and outcome.at_once
+    assert at_once == (code == 1012)
+    assert reconnect_at_once(code) == (code == 1012)
 
 
 async def test_readiness_answers_503_once_the_drain_starts() -> None:
