@@ -9,7 +9,10 @@ exit within ``--graceful-timeout`` (plus the process's start-up and teardown mar
 WebSocket clients get close 1012, its SSE clients a ``close`` event with 1012, its pending
 long-polls their answer at once; every client resumes through nginx on the survivor. The
 test prints the drain's duration (SIGTERM to exit) and the time until every client had an
-event published after the SIGTERM (docs/how-to/drain.md quotes them).
+event published after the moved ones were told to move (docs/how-to/drain.md quotes
+them). The clients' backoff is 10 s: a client that waited one after 1012 fails the test.
+A second test does the same with ``pushsvc.js`` in Chromium (a WebSocket and an SSE
+client on the instance that leaves).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +138,33 @@ async def fleet(redis_url: str, tmp_path: Path) -> AsyncIterator[tuple[Server, S
         staying.stop()
 
 
+async def resumed(
+    publisher: Publisher, clients: list[Any], told: Callable[[], bool], sigterm: float
+) -> float:
+    """Seconds from the SIGTERM until every client has an event whose publish began after
+    every moved client was told to move (``told``): uvicorn notices a signal within 0.1 s,
+    so an event published right after the SIGTERM may still reach them where they were."""
+    await until(told, 10, "every client on the instance to be told to move")
+    moved_at = time.monotonic()
+    await until(lambda: any(b > moved_at for b in publisher.begun), 10, "a publish after it")
+    first_after = next(i for i, b in enumerate(publisher.begun) if b > moved_at)
+    marker = publisher.stored[first_after][0]
+    await until(
+        lambda: all(marker in {e["id"] for e in c.events} for c in clients),
+        20,
+        "every client to resume on the other instance",
+    )
+    return time.monotonic() - sigterm
+
+
+async def shift_rotation(http: httpx.AsyncClient, proxy: Nginx, attempt: int) -> None:
+    """Requests through nginx that move its round-robin on: one or two, alternately, so
+    that whatever number of requests a client's start makes, the next start lands on
+    the other instance within two attempts."""
+    for _ in range(1 + attempt % 2):
+        await http.get(proxy.url + "/healthz")
+
+
 async def place_clients(
     proxy: Nginx, leaving: Server, staying: Server, token: str
 ) -> list[tuple[Recorder, bool]]:
@@ -154,7 +184,7 @@ async def place_clients(
     async with httpx.AsyncClient() as http:
         for transport in ("websocket", "sse"):
             counts = {True: 0, False: 0}
-            for _ in range(6 * PER_INSTANCE):
+            for attempt in range(6 * PER_INSTANCE):
                 if min(counts.values()) >= PER_INSTANCE:
                     break
                 before = await open_connections(leaving, transport)
@@ -165,7 +195,7 @@ async def place_clients(
                 on_leaving = await open_connections(leaving, transport) > before
                 if counts[on_leaving] >= PER_INSTANCE:
                     await client.close()  # that side is full: shift the rotation, retry
-                    await http.get(proxy.url + "/healthz")
+                    await shift_rotation(http, proxy, attempt)
                     continue
                 counts[on_leaving] += 1
                 placed.append((client, on_leaving))
@@ -205,21 +235,10 @@ async def test_sigterm_drains_an_instance_and_its_clients_resume_on_the_other(
             assert code in (0, -signal.SIGTERM), f"exit status {code}"
             return time.monotonic() - sigterm
 
-        async def resumed() -> float:
-            # every client has an event whose publish began after the SIGTERM
-            await until(
-                lambda: any(b > sigterm for b in publisher.begun), 10, "a publish after SIGTERM"
-            )
-            first_after = next(i for i, b in enumerate(publisher.begun) if b > sigterm)
-            marker = publisher.stored[first_after][0]
-            await until(
-                lambda: all(marker in {e["id"] for e in c.events} for c in clients),
-                20,
-                "every client to resume past the SIGTERM",
-            )
-            return time.monotonic() - sigterm
-
-        drain, resume = await asyncio.gather(exited(), resumed())
+        moved = [c for c, on_leaving in placed if on_leaving]
+        drain, resume = await asyncio.gather(
+            exited(), resumed(publisher, clients, lambda: all(c.losses for c in moved), sigterm)
+        )
         # a steady stream goes on a while on the survivor, then stops
         await until(lambda: len(publisher.stored) >= stored_before + 40, 20, "40 more events")
     finally:
@@ -252,6 +271,57 @@ async def test_sigterm_drains_an_instance_and_its_clients_resume_on_the_other(
     finally:
         for client in clients:
             await client.close()
+
+
+async def test_browser_clients_move_at_once_after_1012(
+    fleet: tuple[Server, Server, Nginx], make_client: Any
+) -> None:
+    """pushsvc.js: a WebSocket and an SSE client on the instance that leaves resume on
+    the other without their (10 s) backoff, every event once and in order."""
+    leaving, staying, proxy = fleet
+    assert leaving.proc is not None
+    token = staying.token(subscribe=(CHANNEL,), publish=())
+    options = {"backoff_base": BACKOFF, "backoff_cap": BACKOFF, "reprobe_interval": 3600.0}
+    clients: list[Any] = []
+    async with httpx.AsyncClient() as http:
+        for transport in ("websocket", "sse"):
+            for attempt in range(6):
+                before = await open_connections(leaving, transport)
+                client = await make_client("browser")
+                await client.start(proxy.url, token, [CHANNEL], transports=[transport], **options)
+                await client.ready()
+                assert await client.wait_connected() == transport
+                if await open_connections(leaving, transport) > before:
+                    clients.append(client)
+                    break
+                await client.close()  # on the survivor: shift the rotation, retry
+                await shift_rotation(http, proxy, attempt)
+            else:
+                raise AssertionError(f"no browser {transport} client landed on the instance")
+    publisher = Publisher(staying)
+    stop = asyncio.Event()
+    publishing = asyncio.create_task(publisher.until(CHANNEL, stop, interval=0.02))
+    try:
+        await until(lambda: all(len(c.events) >= 10 for c in clients), 20, "events before")
+        sigterm = time.monotonic()
+        leaving.proc.send_signal(signal.SIGTERM)
+        resume = await resumed(
+            publisher, clients, lambda: all(c.log_kinds("lost") for c in clients), sigterm
+        )
+        stored = len(publisher.stored)
+        await until(lambda: len(publisher.stored) >= stored + 20, 20, "20 more events")
+    finally:
+        stop.set()
+        await publishing
+    expected = publisher.ids()
+    await until(lambda: all(len(c.events) >= len(expected) for c in clients), 20, "catch up")
+    for client in clients:
+        assert_exactly_once_in_order(client, CHANNEL, expected)
+        lost = [entry["detail"] for entry in client.log_kinds("lost")]
+        assert len(lost) == 1 and "1012" in lost[0], lost
+    print(f"\ndrain, browser clients: every one resumed within {resume:.3f} s of the SIGTERM")
+    assert resume < RESUMED_WITHIN, "a browser client waited a backoff delay after 1012"
+    await asyncio.to_thread(leaving.proc.wait, GRACEFUL_TIMEOUT + EXIT_MARGIN)
 
 
 @pytest.mark.parametrize("code", [*sorted(CLOSE_CODES), 1005, 1006])
