@@ -8,12 +8,14 @@ gets its own key prefix, so tests never see each other's channels.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -92,12 +94,138 @@ def redis_url(redis_server_url: str) -> str:
     return with_prefix(redis_server_url, f"test-{uuid.uuid4().hex}:")
 
 
-@pytest.fixture(params=["memory", "redis"])
-def backend_url(request: pytest.FixtureRequest) -> str:
+CLUSTER_MASTERS = 3
+
+
+@dataclass
+class RedisCluster:
+    """A throwaway cluster of ``CLUSTER_MASTERS`` masters on 127.0.0.1 (no replicas)."""
+
+    ports: list[int]
+    url: str  # redis+cluster://127.0.0.1:P1,127.0.0.1:P2,…/0
+
+
+def _cluster_ports(count: int) -> list[int]:
+    """Free ports whose cluster bus port (port + 10000) is free and valid too."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = random.randrange(20000, 45000)
+        if port in ports:
+            continue
+        try:
+            for p in (port, port + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        ports.append(port)
+    return ports
+
+
+def _cluster_ok(ports: list[int]) -> bool:
+    for port in ports:
+        try:
+            with redis.Redis(port=port, socket_connect_timeout=0.5) as client:
+                info = client.cluster("INFO")  # parsed: {"cluster_state": "ok", …}
+        except redis.RedisError:
+            return False
+        if info.get("cluster_state") != "ok":
+            return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """Start ``redis-server --cluster-enabled yes`` x3 and ``redis-cli --cluster create``
+    once per session; stopped by pid at the end."""
+    server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if server is None or cli is None:
+        pytest.fail(
+            "redis-server and redis-cli must be on PATH for the Redis Cluster tests "
+            "(e.g. apt-get install redis-server)",
+            pytrace=False,
+        )
+    workdir = tmp_path_factory.mktemp("redis-cluster")
+    ports = _cluster_ports(CLUSTER_MASTERS)
+    procs = [
+        subprocess.Popen(
+            [
+                server,
+                "--port", str(port),
+                "--bind", "127.0.0.1",
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", f"nodes-{port}.conf",
+                "--cluster-node-timeout", "2000",
+                "--appendonly", "no",
+                "--save", "",
+            ],
+            cwd=workdir,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        for port in ports
+    ]  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        for port in ports:
+            while True:
+                if any(p.poll() is not None for p in procs):
+                    pytest.fail("a cluster redis-server exited at start", pytrace=False)
+                try:
+                    with redis.Redis(port=port, socket_connect_timeout=0.5) as client:
+                        client.ping()
+                    break
+                except redis.ConnectionError:
+                    if time.monotonic() > deadline:
+                        pytest.fail(f"redis-server :{port} did not answer PING", pytrace=False)
+                    time.sleep(0.02)  # poll: until the node answers, against the deadline
+        nodes = [f"127.0.0.1:{p}" for p in ports]
+        create = subprocess.run(
+            [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if create.returncode != 0:
+            pytest.fail(f"redis-cli --cluster create failed: {create.stdout}", pytrace=False)
+        deadline = time.monotonic() + 30
+        while not _cluster_ok(ports):
+            if time.monotonic() > deadline:
+                pytest.fail("the Redis Cluster did not reach cluster_state:ok", pytrace=False)
+            time.sleep(0.05)  # poll: until every node says cluster_state:ok
+        hosts = ",".join(f"127.0.0.1:{p}" for p in ports)
+        yield RedisCluster(ports, f"redis+cluster://{hosts}/0")
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: RedisCluster) -> str:
+    """The cluster's URL with a key prefix of this test's own."""
+    return with_prefix(redis_cluster.url, f"test-{uuid.uuid4().hex}:")
+
+
+def backend_url_for(request: pytest.FixtureRequest) -> str:
+    """The URL for a ``backend_url`` parameter: memory, redis or redis-cluster."""
     if request.param == "memory":
         return "memory://"
-    url: str = request.getfixturevalue("redis_url")
+    name = {"redis": "redis_url", "redis-cluster": "redis_cluster_url"}[request.param]
+    url: str = request.getfixturevalue(name)
     return url
+
+
+@pytest.fixture(params=["memory", "redis"])
+def backend_url(request: pytest.FixtureRequest) -> str:
+    """memory:// and a single Redis; a module adds Redis Cluster by overriding this
+    fixture with ``params=[…, "redis-cluster"]`` and ``backend_url_for``."""
+    return backend_url_for(request)
 
 
 @pytest.fixture

@@ -23,10 +23,16 @@ from pushsvc.exceptions import BackendError
 from pushsvc.protocol import cursor
 from pushsvc.protocol.events import Event, Gap
 from pushsvc.protocol.ids import ZERO, StreamId
-from tests.fixtures_redis import MakeBackend, with_prefix, without_query
+from tests.fixtures_redis import MakeBackend, backend_url_for, with_prefix, without_query
 from tests.waiting import until
 
 redis_only = pytest.mark.parametrize("backend_url", ["redis"], indirect=True)
+
+
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
+def backend_url(request: pytest.FixtureRequest) -> str:
+    """The contract holds on a Redis Cluster too (a real 3-master one, started once)."""
+    return backend_url_for(request)
 
 
 class Received:

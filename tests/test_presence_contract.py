@@ -15,10 +15,17 @@ from pushsvc.backends import Backend, Message, Retention
 from pushsvc.backends.base import PresenceDiff, PresenceEntry
 from pushsvc.backends.redis import RedisBackend
 from pushsvc.protocol.events import Event
-from tests.fixtures_redis import MakeBackend, without_query
+from tests.fixtures_redis import MakeBackend, backend_url_for, without_query
 from tests.waiting import until
 
 redis_only = pytest.mark.parametrize("backend_url", ["redis"], indirect=True)
+
+
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
+def backend_url(request: pytest.FixtureRequest) -> str:
+    """Presence holds on a Redis Cluster too (its keys share the channel's slot)."""
+    return backend_url_for(request)
+
 
 TTL = 0.6
 INTERVAL = 0.2

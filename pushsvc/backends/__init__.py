@@ -1,6 +1,8 @@
 """Backends (the log), chosen by URL scheme and imported lazily.
 
-``open_backend("memory://")`` or ``open_backend("redis://host:6379/0?prefix=app:")``.
+``open_backend("memory://")`` or ``open_backend("redis://host:6379/0?prefix=app:")``; a Redis
+Cluster is selected by its scheme, ``redis+cluster://host:port[,host:port…]/?prefix=app:``
+(``rediss+cluster://`` with TLS): nothing is guessed from the server.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ BACKENDS: dict[str, str] = {
     "memory": "pushsvc.backends.memory:MemoryBackend",
     "redis": "pushsvc.backends.redis:RedisBackend",
     "rediss": "pushsvc.backends.redis:RedisBackend",
+    "redis+cluster": "pushsvc.backends.redis:RedisBackend",
+    "rediss+cluster": "pushsvc.backends.redis:RedisBackend",
 }
 
 

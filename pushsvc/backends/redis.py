@@ -1,5 +1,8 @@
 """The Redis log (``redis://host:port/db?prefix=app:``, ``rediss://…``); needs Redis >= 7.
 
+Redis Cluster: ``redis+cluster://host:port[,host:port…]/?prefix=app:`` (``rediss+cluster://``
+for TLS); see "Redis Cluster" below.
+
 Decisions (DESIGN 1 and 2):
 
 - One stream per channel, keys hash-tagged per channel (``{prefix}{channel}:log``,
@@ -7,7 +10,6 @@ Decisions (DESIGN 1 and 2):
   one cluster slot. Every key expires by itself: the stream ``max_age`` (plus a margin)
   after its last event, a bucket of idempotency records ``idempotency_ttl`` after its
   newest one, presence keys ``presence_ttl`` after their last renewal.
-  This module talks to one node; a cluster needs a listener connection per shard.
 - Live notifications: a Lua script appends (idempotency check, XADD, trimming by count
   and by age on the server clock) and SPUBLISHes the new entry's ID *and fields* in the
   same atomic step: the listener never reads per publish, and Redis work per publish is
@@ -60,6 +62,22 @@ Decisions (DESIGN 1 and 2):
   slot); a process's refresh is ONE pipeline of one script call per channel. Diffs go
   out with ``SPUBLISH`` on the channel's shard channel, the one its events use, as notes
   starting with ``p`` (an event note starts with its ID's digits); they are live only.
+- Redis Cluster (a ``+cluster`` scheme: the user says so, nothing is guessed from the
+  server) changes only who is talked to, not the layout. Commands go through redis-py's
+  ``RedisCluster`` (every script and pipeline entry touches one channel, so one slot).
+  Notifications are sharded Pub/Sub, as on one node (``SPUBLISH`` works there too, so both
+  modes run the same scripts): the listener is one raw connection *per primary* (a
+  ``_Link``), each SSUBSCRIBEd (one command per shard channel, slots differ) to the
+  channels whose slot that primary owns. A link follows its node like the single-node
+  listener does (PING deadline, reconnect, re-subscribe, re-read). Moves are followed:
+  Redis sends ``sunsubscribe`` for the channels of a slot that migrated or of a primary
+  demoted by a failover, answers ``MOVED`` to a subscription sent to the wrong node, and
+  a link to a dead primary fails; each of these, and a check every ``topology_interval``
+  seconds, re-reads the slot map (CLUSTER SLOTS) and moves channels to their owner's
+  link, where they are subscribed and then re-read from the last delivered ID while
+  their notifications are held back: no gap, no duplicate (delivery dedupes by ID).
+  redis-py's cluster client has no blocking pool: ``max_connections`` is per node and a
+  command over it is refused at once with a 503 (``pool_timeout`` does not apply).
 """
 
 from __future__ import annotations
@@ -76,12 +94,20 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
+from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import (
+    MaxConnectionsError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pushsvc._tasks import cancel_and_wait
@@ -446,9 +472,59 @@ def idempotency_field(key: str) -> bytes:
 
 def _redacted(url: str) -> str:
     parts = urlsplit(url)
+    if is_cluster_url(url):
+        netloc = ",".join(f"{h}:{p}" for h, p in cluster_nodes(url))
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
     host = parts.hostname or ""
     netloc = f"{host}:{parts.port}" if parts.port else host
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.partition("://")[0] in CLUSTER_SCHEMES
+
+
+def cluster_nodes(url: str) -> list[tuple[str, int]]:
+    """The startup nodes of ``redis+cluster://[user:pass@]host:port[,host:port…]/…``."""
+    hosts = urlsplit(url).netloc.rpartition("@")[2]
+    nodes = []
+    for item in hosts.split(","):
+        host, sep, port = item.strip().rpartition(":")
+        try:
+            nodes.append((host, int(port)) if sep and host else (item.strip(), 6379))
+        except ValueError:
+            raise ConfigError(f"Redis Cluster node {item!r} is not host:port") from None
+        if not nodes[-1][0]:
+            raise ConfigError("a Redis Cluster URL names at least one host:port")
+    return nodes
+
+
+def _cluster_client(url: str, pool: PoolOptions) -> RedisCluster:
+    """A ``RedisCluster`` for a ``redis+cluster://`` URL (rid of ``prefix`` and pool
+    options): the first node and the URL's options through redis-py's ``from_url``, the
+    other nodes as further startup nodes."""
+    parts = urlsplit(url)
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    (host, port), *others = cluster_nodes(url)
+    plain = urlunsplit(
+        (CLUSTER_SCHEMES[parts.scheme], f"{userinfo}{at}{host}:{port}", parts.path, parts.query, "")
+    )
+    try:
+        return RedisCluster.from_url(
+            plain,
+            startup_nodes=[ClusterNode(h, p) for h, p in others],
+            max_connections=pool.max_connections,
+            decode_responses=False,
+            protocol=2,
+            retry=Retry(NoBackoff(), 0),
+            socket_connect_timeout=5,
+            socket_timeout=10,
+        )
+    except (RedisClusterException, ValueError) as exc:
+        raise ConfigError(f"bad Redis Cluster URL {_redacted(url)!r}: {exc}") from None
 
 
 def _id(raw: bytes) -> StreamId:
@@ -492,11 +568,13 @@ def _notification(channel: str, payload: bytes) -> Event:
 def _wrapped(what: str) -> Iterator[None]:
     try:
         yield
-    except PoolExhausted as exc:
-        err = BackendError(f"Redis {what} refused: {exc} (server overloaded)")
+    except (PoolExhausted, MaxConnectionsError) as exc:
+        err = BackendError(
+            f"Redis {what} refused: {exc or 'all connections busy'} (server overloaded)"
+        )
         err.headers["Retry-After"] = "1"
         raise err from exc
-    except (RedisError, OSError) as exc:
+    except (RedisError, RedisClusterException, OSError) as exc:
         raise BackendError(f"Redis {what} failed: {exc}") from exc
 
 
@@ -514,8 +592,29 @@ class _Channel:
     held: list[Event] | None = field(default_factory=list)
     subscribed: asyncio.Future[None] = field(default_factory=asyncio.Future)
     ready: asyncio.Future[None] = field(default_factory=asyncio.Future)
-    confirmed_generation: int = -1
+    # The link it is (to be) subscribed on, and the (link, generation) of the last
+    # subscription Redis confirmed: any other pair means notifications may have been lost.
+    link: _Link | None = None
+    confirmed: tuple[_Link, int] | None = None
+    # Redis dropped or refused its subscription (slot moved): re-place it.
+    misplaced: bool = False
     catch_up: asyncio.Task[None] | None = None
+
+
+@dataclass(eq=False, slots=True)
+class _Link:
+    """One listener connection: to the node of a ``redis://`` URL (``node`` None) or to
+    one cluster primary, carrying the shard channels that node owns."""
+
+    node: tuple[str, int] | None
+    conn: AbstractConnection | None = None
+    pending: dict[bytes, int] = field(default_factory=dict)  # SSUBSCRIBEs unconfirmed
+    unsubscribing: dict[bytes, int] = field(default_factory=dict)  # our SUNSUBSCRIBEs
+    generation: int = 0  # bumped on every lost connection
+    pong: asyncio.Event = field(default_factory=asyncio.Event)
+    reads: int = 0  # replies read on the connection (proof of life)
+    up: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
 
 
 class RedisBackend(Backend):
@@ -528,22 +627,28 @@ class RedisBackend(Backend):
         ping_timeout: float = 3.0,
         listen_timeout: float = 10.0,
         max_backoff: float = 5.0,
+        topology_interval: float = 5.0,
     ) -> None:
         super().__init__(retention)
         redis_url, self.prefix = parse_url(url)
         redis_url, self.pool_options = parse_pool_options(redis_url)
         self._where = _redacted(redis_url)
-        pool = _BlockingPool.from_url(
-            redis_url,
-            max_connections=self.pool_options.max_connections,
-            timeout=self.pool_options.timeout,
-            decode_responses=False,
-            protocol=2,
-            retry=Retry(NoBackoff(), 0),
-            socket_connect_timeout=5,
-            socket_timeout=10,
-        )
-        self._redis: aioredis.Redis = aioredis.Redis.from_pool(pool)
+        self._cluster: RedisCluster | None = None
+        self._redis: aioredis.Redis | RedisCluster
+        if is_cluster_url(redis_url):
+            self._redis = self._cluster = _cluster_client(redis_url, self.pool_options)
+        else:
+            pool = _BlockingPool.from_url(
+                redis_url,
+                max_connections=self.pool_options.max_connections,
+                timeout=self.pool_options.timeout,
+                decode_responses=False,
+                protocol=2,
+                retry=Retry(NoBackoff(), 0),
+                socket_connect_timeout=5,
+                socket_timeout=10,
+            )
+            self._redis = aioredis.Redis.from_pool(pool)
         self._append_script = self._redis.register_script(APPEND_LUA)
         self._read_script = self._redis.register_script(READ_LUA)
         self._presence_scripts = {
@@ -560,16 +665,15 @@ class RedisBackend(Backend):
         self.ping_timeout = ping_timeout
         self.listen_timeout = listen_timeout
         self.max_backoff = max_backoff
+        self.topology_interval = topology_interval
         # listener state
         self._channels: dict[str, _Channel] = {}
         self._by_shard: dict[bytes, _Channel] = {}
-        self._conn: AbstractConnection | None = None
-        self._pending: dict[bytes, int] = {}  # SSUBSCRIBEs not yet confirmed, per shard
-        self._generation = 0  # bumped on every lost listener connection
+        self._links: dict[tuple[str, int] | None, _Link] = {}
+        self._mapped = asyncio.Event()  # the links exist (cluster: the slot map was read)
+        self._remap_wanted = asyncio.Event()
         self._reconnects = 0
-        self._pong = asyncio.Event()
-        self._reads = 0  # replies read on the listener connection (proof of life)
-        self._up = asyncio.Event()
+        # the single node's link, or (cluster) the task that follows the slot map
         self._listener: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -598,12 +702,14 @@ class RedisBackend(Backend):
             await self._redis.script_load(READ_LUA)
             for script in self._presence_scripts.values():
                 await self._redis.script_load(script.script)
-        except (RedisError, OSError) as exc:
+        except (RedisError, RedisClusterException, OSError) as exc:
             raise BackendError(f"cannot reach Redis at {self._where}: {exc}") from exc
         self._ensure_listener()
         try:
             async with asyncio.timeout(self.listen_timeout):
-                await self._up.wait()
+                await self._mapped.wait()
+                for link in list(self._links.values()):
+                    await link.up.wait()
         except TimeoutError:
             raise BackendError(f"the Redis listener could not connect to {self._where}") from None
 
@@ -613,8 +719,9 @@ class RedisBackend(Backend):
             self._forget(chan)
         self._channels.clear()
         self._by_shard.clear()
-        await cancel_and_wait(self._listener)
+        await cancel_and_wait(self._listener, *(link.task for link in self._links.values()))
         self._listener = None
+        self._links.clear()
         await self._redis.aclose()
 
     async def ping(self) -> None:
@@ -650,7 +757,8 @@ class RedisBackend(Backend):
                 if m.idempotency_key is not None:
                     keys.append(self._idem_prefix(m.channel))
                     idem_field = idempotency_field(m.idempotency_key)
-                pipe.evalsha(
+                pipe.execute_command(  # (a cluster pipeline has no evalsha method)
+                    "EVALSHA",
                     sha,
                     len(keys),
                     *keys,
@@ -748,7 +856,7 @@ class RedisBackend(Backend):
     ) -> list[Any]:
         async with self._redis.pipeline(transaction=False) as pipe:
             for script, keys, args in calls:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
             results: list[Any] = await pipe.execute(raise_on_error=False)
         return results
 
@@ -815,7 +923,8 @@ class RedisBackend(Backend):
     # --- live notifications ----------------------------------------------------------
 
     def listener_status(self) -> ListenerStatus:
-        return ListenerStatus(self._up.is_set(), self._reconnects, len(self._channels))
+        up = bool(self._links) and all(link.up.is_set() for link in self._links.values())
+        return ListenerStatus(up, self._reconnects, len(self._channels))
 
     async def listen(self, channel: str) -> None:
         self._raise_if_closed()
@@ -854,10 +963,12 @@ class RedisBackend(Backend):
 
     async def _start_listening(self, chan: _Channel) -> None:
         self._ensure_listener()
-        conn = self._conn
-        if conn is not None:
-            await self._subscribe(conn, [chan.shard])
-        # else the listener subscribes every channel when it (re)connects
+        async with asyncio.timeout(self.listen_timeout):
+            await self._mapped.wait()
+        link = self._place(chan)
+        if link.conn is not None:
+            await self._subscribe(link, link.conn, [chan.shard])
+        # else the link subscribes every channel of its own when it (re)connects
         async with asyncio.timeout(self.listen_timeout):
             await asyncio.shield(chan.subscribed)
         # Recorded after the subscription is confirmed: every event with a greater ID
@@ -866,8 +977,9 @@ class RedisBackend(Backend):
         if self._channels.get(chan.name) is not chan:
             return  # unlistened meanwhile
         chan.last = top
-        if self._generation != chan.confirmed_generation:
-            # the connection was lost since the confirmation: re-read after ``top``
+        if chan.link is None or chan.confirmed != (chan.link, chan.link.generation):
+            # the connection was lost, or the channel moved, since the confirmation:
+            # re-read after ``top``
             self._start_catch_up(chan)
         else:
             self._release(chan)
@@ -878,9 +990,10 @@ class RedisBackend(Backend):
             return
         self._by_shard.pop(chan.shard, None)
         self._forget(chan)
-        conn = self._conn
-        if conn is not None:
-            await self._send(conn, "SUNSUBSCRIBE", chan.shard)
+        link = chan.link
+        if link is not None and link.conn is not None:
+            link.unsubscribing[chan.shard] = link.unsubscribing.get(chan.shard, 0) + 1
+            await self._send(link, link.conn, "SUNSUBSCRIBE", chan.shard)
 
     def _forget(self, chan: _Channel) -> None:
         if chan.catch_up is not None:
@@ -890,18 +1003,106 @@ class RedisBackend(Backend):
         if not chan.ready.done():
             chan.ready.cancel()
 
+    # --- links: one listener connection per node ------------------------------------
+
     def _ensure_listener(self) -> None:
-        if self._listener is None and not self._closed:
+        if self._listener is not None or self._closed:
+            return
+        if self._cluster is None:
+            self._listener = self._start_link(None).task
+            self._mapped.set()
+        else:
             self._listener = asyncio.create_task(
-                self._run_listener(), name="pushsvc-redis-listener"
+                self._follow_topology(self._cluster), name="pushsvc-redis-topology"
             )
 
-    async def _run_listener(self) -> None:
+    def _start_link(self, node: tuple[str, int] | None) -> _Link:
+        link = self._links.get(node)
+        if link is None:
+            link = self._links[node] = _Link(node)
+            link.task = asyncio.create_task(self._run_listener(link), name="pushsvc-redis-listener")
+        return link
+
+    def _owner(self, shard: bytes) -> tuple[str, int] | None:
+        """The node whose link carries ``shard``: the primary owning its slot."""
+        if self._cluster is None:
+            return None
+        node = self._cluster.nodes_manager.get_node_from_slot(key_slot(shard))
+        return (node.host, int(node.port))
+
+    def _place(self, chan: _Channel) -> _Link:
+        try:
+            link = self._start_link(self._owner(chan.shard))
+        except RedisClusterException as exc:  # the slot map has no owner for it
+            raise BackendError(f"no Redis Cluster node serves {chan.name!r}: {exc}") from exc
+        chan.link = link
+        return link
+
+    async def _follow_topology(self, cluster: RedisCluster) -> None:
+        """Cluster: keep a link per primary and every channel on its slot owner's link.
+        Runs on a hint (a dropped or refused subscription, a lost link) and every
+        ``topology_interval`` seconds."""
+        failures = 0
+        while True:
+            try:
+                await self._remap(cluster)
+                failures = 0
+            except Exception as exc:  # unreachable nodes, a map with holes: try again
+                log.warning("reading the Redis Cluster slot map failed: %s", exc)
+                failures += 1
+            if failures:
+                await asyncio.sleep(self._backoff(failures))
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.topology_interval):
+                    await self._remap_wanted.wait()
+            # let a burst of hints (a whole slot's channels dropped at once) gather: a
+            # rate limit, not a wait for a condition
+            await asyncio.sleep(0.02)
+
+    def _want_remap(self) -> None:
+        self._remap_wanted.set()
+
+    async def _remap(self, cluster: RedisCluster) -> None:
+        self._remap_wanted.clear()
+        if self._mapped.is_set():  # (the client read the map already at start)
+            await cluster.nodes_manager.initialize()
+        primaries = {(n.host, int(n.port)) for n in cluster.get_primaries()}
+        for node in primaries:
+            self._start_link(node)
+        self._mapped.set()
+        for chan in list(self._channels.values()):
+            owner = self._owner(chan.shard)
+            if chan.link is None:
+                continue  # not placed yet: listen() places it
+            if chan.misplaced or chan.link.node != owner:
+                log.info("Redis listener: %r moves to %s:%s", chan.name, *(owner or ("?", 0)))
+                await self._move(chan, self._start_link(owner))
+        used = {chan.link for chan in self._channels.values()}
+        for where, link in list(self._links.items()):
+            if where not in primaries and link not in used:
+                del self._links[where]  # no longer a primary, nothing on it
+                await cancel_and_wait(link.task)
+
+    async def _move(self, chan: _Channel, link: _Link) -> None:
+        """Subscribe ``chan`` on ``link``; once confirmed, it is re-read from the last
+        delivered ID with its notifications held back (see ``_confirmed``)."""
+        chan.misplaced = False
+        chan.link = link
+        if chan.catch_up is not None:
+            chan.catch_up.cancel()
+            chan.catch_up = None
+        if chan.last is not None and chan.held is None:
+            chan.held = []
+        if link.conn is not None:
+            await self._subscribe(link, link.conn, [chan.shard])
+
+    async def _run_listener(self, link: _Link) -> None:
         """Keep one pub/sub connection up; replace it when it is lost or deaf."""
         failures = 0
         ever_connected = False
         while True:
-            conn = self._new_listener_connection()
+            conn = self._new_listener_connection(link)
             try:
                 await conn.connect()  # type: ignore[no-untyped-call]
                 if ever_connected:
@@ -909,15 +1110,17 @@ class RedisBackend(Backend):
                     log.warning("Redis listener reconnected (%d reconnects)", self._reconnects)
                 ever_connected = True
                 failures = 0
-                await self._serve(conn)
+                await self._serve(link, conn)
             except (RedisError, OSError, _Deaf) as exc:
                 log.warning("Redis listener connection lost: %s", exc)
             except Exception:  # a bug must not leave the process deaf for good
                 log.exception("Redis listener failed")
             finally:
-                self._lost(conn)
+                self._lost(link, conn)
                 with contextlib.suppress(Exception):
                     await asyncio.shield(conn.disconnect(nowait=True))
+            if self._cluster is not None:
+                self._want_remap()  # a failover may have moved its slots elsewhere
             await asyncio.sleep(self._backoff(failures))
             failures += 1
 
@@ -925,26 +1128,39 @@ class RedisBackend(Backend):
         """Full jitter, capped: up to 25 ms after the first failure, doubling."""
         return random.uniform(0, min(self.max_backoff, 0.025 * 2 ** min(failures, 16)))
 
-    def _new_listener_connection(self) -> AbstractConnection:
-        kwargs = dict(self._redis.connection_pool.connection_kwargs)
+    def _new_listener_connection(self, link: _Link) -> AbstractConnection:
+        if link.node is None:
+            assert isinstance(self._redis, aioredis.Redis)
+            pool = self._redis.connection_pool
+            kwargs, connection_class = dict(pool.connection_kwargs), pool.connection_class
+        else:
+            assert self._cluster is not None
+            node = ClusterNode(*link.node, **self._cluster.nodes_manager.connection_kwargs)
+            kwargs, connection_class = dict(node.connection_kwargs), node.connection_class
         kwargs.update(
             protocol=2,  # pub/sub messages as plain replies, not RESP3 pushes
             health_check_interval=0,  # our own PINGs; redis-py's would eat a message
             client_name="pushsvc-listener",
             socket_timeout=self.ping_timeout + 5,
+            retry=Retry(NoBackoff(), 0),
         )
-        return self._redis.connection_pool.connection_class(**kwargs)
+        conn: AbstractConnection = connection_class(**kwargs)
+        return conn
 
-    async def _serve(self, conn: AbstractConnection) -> None:
-        self._conn = conn
-        self._pending.clear()
-        shards = [c.shard for c in self._channels.values()]
-        self._up.set()
+    async def _serve(self, link: _Link, conn: AbstractConnection) -> None:
+        link.conn = conn
+        link.pending.clear()
+        link.unsubscribing.clear()
+        shards = [c.shard for c in self._channels.values() if c.link is link]
+        link.up.set()
         if shards:
-            for i in range(0, len(shards), 500):
-                await self._subscribe(conn, shards[i : i + 500])
-        reader = asyncio.create_task(self._read(conn))
-        health = asyncio.create_task(self._health(conn))
+            if self._cluster is None:
+                for i in range(0, len(shards), 500):
+                    await self._subscribe(link, conn, shards[i : i + 500])
+            else:
+                await self._subscribe(link, conn, shards)
+        reader = asyncio.create_task(self._read(link, conn))
+        health = asyncio.create_task(self._health(link, conn))
         try:
             done, _ = await asyncio.wait({reader, health}, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
@@ -954,19 +1170,19 @@ class RedisBackend(Backend):
                 task.cancel()
             await asyncio.gather(reader, health, return_exceptions=True)
 
-    def _lost(self, conn: AbstractConnection) -> None:
-        if self._conn is conn:
-            self._conn = None
-        self._up.clear()
-        self._generation += 1
+    def _lost(self, link: _Link, conn: AbstractConnection) -> None:
+        if link.conn is conn:
+            link.conn = None
+        link.up.clear()
+        link.generation += 1
         for chan in self._channels.values():
-            if chan.catch_up is not None:
+            if chan.link is link and chan.catch_up is not None:
                 chan.catch_up.cancel()
                 chan.catch_up = None
 
-    async def _send(self, conn: AbstractConnection, *args: Any) -> bool:
+    async def _send(self, link: _Link, conn: AbstractConnection, *args: Any) -> bool:
         # Never let redis-py reconnect this connection behind our back.
-        if self._conn is not conn or not conn.is_connected:
+        if link.conn is not conn or not conn.is_connected:
             return False
         try:
             await conn.send_command(*args, check_health=False)
@@ -975,19 +1191,31 @@ class RedisBackend(Backend):
             return False
         return True
 
-    async def _subscribe(self, conn: AbstractConnection, shards: list[bytes]) -> None:
+    async def _subscribe(self, link: _Link, conn: AbstractConnection, shards: list[bytes]) -> None:
         for shard in shards:
-            self._pending[shard] = self._pending.get(shard, 0) + 1
-        await self._send(conn, "SSUBSCRIBE", *shards)
+            link.pending[shard] = link.pending.get(shard, 0) + 1
+        if self._cluster is None:
+            await self._send(link, conn, "SSUBSCRIBE", *shards)
+            return
+        # a cluster refuses one SSUBSCRIBE across slots: one command each, one write
+        if link.conn is not conn or not conn.is_connected:
+            return
+        try:
+            await conn.send_packed_command(
+                conn.pack_commands([("SSUBSCRIBE", shard) for shard in shards]),
+                check_health=False,
+            )
+        except (RedisError, OSError) as exc:
+            log.debug("listener send failed: %s", exc)  # the reader notices and reconnects
 
-    async def _health(self, conn: AbstractConnection) -> None:
+    async def _health(self, link: _Link, conn: AbstractConnection) -> None:
         while True:
             await asyncio.sleep(self.ping_interval)
-            self._pong.clear()
-            await self._send(conn, "PING")
-            await self._await_pong()
+            link.pong.clear()
+            await self._send(link, conn, "PING")
+            await self._await_pong(link)
 
-    async def _await_pong(self) -> None:
+    async def _await_pong(self, link: _Link) -> None:
         """Wait for the PONG; raise ``_Deaf`` once nothing at all has been read from the
         connection for ``ping_timeout`` seconds of time the loop could have used.
 
@@ -999,19 +1227,19 @@ class RedisBackend(Backend):
         loop = asyncio.get_running_loop()
         step = self.ping_timeout / 8
         quiet = 0.0  # loop-usable time with nothing read
-        reads = self._reads
+        reads = link.reads
         lag = 0.0
-        while not self._pong.is_set():
+        while not link.pong.is_set():
             started = loop.time()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(step):
-                    await self._pong.wait()
-            if self._pong.is_set():
+                    await link.pong.wait()
+            if link.pong.is_set():
                 break
             elapsed = loop.time() - started
             lag = max(lag, elapsed - step)
-            if self._reads != reads:
-                reads, quiet = self._reads, 0.0
+            if link.reads != reads:
+                reads, quiet = link.reads, 0.0
             else:
                 quiet += min(elapsed, step)
             if quiet >= self.ping_timeout:
@@ -1019,10 +1247,17 @@ class RedisBackend(Backend):
         if lag > step:
             log.debug("Redis listener PONG late: the event loop lagged up to %.2f s", lag)
 
-    async def _read(self, conn: AbstractConnection) -> None:
+    async def _read(self, link: _Link, conn: AbstractConnection) -> None:
         while True:
-            msg = await conn.read_response(timeout=math.inf)
-            self._reads += 1
+            try:
+                msg = await conn.read_response(timeout=math.inf)
+            except ResponseError as exc:  # an error reply: MOVED to an SSUBSCRIBE, …
+                if self._cluster is None:
+                    raise
+                link.reads += 1
+                self._refused(link, exc)
+                continue
+            link.reads += 1
             if not isinstance(msg, list) or not msg:
                 continue
             kind = msg[0]
@@ -1042,9 +1277,44 @@ class RedisBackend(Backend):
                     else:
                         self._deliver(chan, event)
             elif kind == b"ssubscribe":
-                self._confirmed(msg[1])
+                self._confirmed(link, msg[1])
+            elif kind == b"sunsubscribe":
+                self._unsubscribed(link, msg[1])
             elif kind == b"pong":
-                self._pong.set()
+                link.pong.set()
+
+    def _refused(self, link: _Link, exc: ResponseError) -> None:
+        """A cluster node refused a subscription (MOVED: the slot is elsewhere; or the
+        cluster is down): the channels still unconfirmed on ``link`` (those of the MOVED
+        slot only, when it says) are placed again from a fresh slot map."""
+        slot = getattr(exc, "slot_id", None)
+        log.info("Redis refused a subscription on %s: %s", link.node, exc)
+        for chan in self._channels.values():
+            if (
+                chan.link is link
+                and chan.shard in link.pending
+                and (slot is None or key_slot(chan.shard) == int(slot))
+            ):
+                link.pending.pop(chan.shard, None)
+                chan.misplaced = True
+        self._want_remap()
+
+    def _unsubscribed(self, link: _Link, shard: bytes) -> None:
+        left = link.unsubscribing.get(shard, 0)
+        if left > 0:  # the answer to our own SUNSUBSCRIBE
+            if left > 1:
+                link.unsubscribing[shard] = left - 1
+            else:
+                del link.unsubscribing[shard]
+            return
+        # Redis dropped it: its slot migrated, or the node is no longer a primary
+        chan = self._by_shard.get(shard)
+        if chan is not None and chan.link is link:
+            log.info("Redis dropped the subscription to %r (slot moved)", chan.name)
+            chan.misplaced = True
+            if chan.last is not None and chan.held is None:
+                chan.held = []  # until it is re-read where it lives now
+            self._want_remap()
 
     def _deliver_presence(self, chan: _Channel, payload: bytes) -> None:
         try:
@@ -1058,20 +1328,21 @@ class RedisBackend(Backend):
             except Exception:
                 log.exception("the presence sink failed on %r", chan.name)
 
-    def _confirmed(self, shard: bytes) -> None:
-        left = self._pending.get(shard, 0) - 1
+    def _confirmed(self, link: _Link, shard: bytes) -> None:
+        left = link.pending.get(shard, 0) - 1
         if left > 0:
-            self._pending[shard] = left
+            link.pending[shard] = left
             return
-        self._pending.pop(shard, None)
+        link.pending.pop(shard, None)
         chan = self._by_shard.get(shard)
-        if chan is None:
-            return
+        if chan is None or chan.link is not link:
+            return  # unlistened, or moved to another node meanwhile
+        chan.confirmed = (link, link.generation)
         if not chan.subscribed.done():
-            chan.confirmed_generation = self._generation
             chan.subscribed.set_result(None)
         if chan.last is not None:
-            # re-subscribed after a lost connection: hold notifications back, re-read
+            # re-subscribed after a lost connection or a move: hold notifications back,
+            # re-read
             if chan.held is None:
                 chan.held = []
             self._start_catch_up(chan)
