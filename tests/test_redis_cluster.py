@@ -182,6 +182,8 @@ async def test_a_listened_channel_whose_slot_moves_loses_nothing(
     await until(lambda: len(received) >= len(sent), 10, "every event, moved or not")
     await asyncio.sleep(0.1)  # window: a duplicate would arrive now
     assert [e.id for e in received] == [e.id for e in sent]
+    # the hub trusts what it saw live only while this count stands still
+    assert listener.listener_status().reconnects >= 1
 
 
 async def test_a_subscription_sent_to_a_former_owner_follows_the_moved_reply(

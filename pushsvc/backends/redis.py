@@ -1041,11 +1041,15 @@ class RedisBackend(Backend):
     async def _follow_topology(self, cluster: RedisCluster) -> None:
         """Cluster: keep a link per primary and every channel on its slot owner's link.
         Runs on a hint (a dropped or refused subscription, a lost link) and every
-        ``topology_interval`` seconds."""
+        ``topology_interval`` seconds. The client's slot map is re-read only when a
+        primary's CLUSTER SLOTS differs from it: redis-py's re-read recycles every
+        command connection."""
         failures = 0
         while True:
             try:
-                await self._remap(cluster)
+                # (the client read the map at start)
+                stale = self._mapped.is_set() and await self._map_is_stale(cluster)
+                await self._remap(cluster, stale)
                 failures = 0
             except Exception as exc:  # unreachable nodes, a map with holes: try again
                 log.warning("reading the Redis Cluster slot map failed: %s", exc)
@@ -1056,16 +1060,32 @@ class RedisBackend(Backend):
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.topology_interval):
                     await self._remap_wanted.wait()
-            # let a burst of hints (a whole slot's channels dropped at once) gather: a
-            # rate limit, not a wait for a condition
-            await asyncio.sleep(0.02)
+            if self._remap_wanted.is_set():
+                # let a burst of hints (a whole slot's channels dropped at once) gather:
+                # a rate limit, not a wait for a condition
+                await asyncio.sleep(0.05)
 
     def _want_remap(self) -> None:
         self._remap_wanted.set()
 
-    async def _remap(self, cluster: RedisCluster) -> None:
+    async def _map_is_stale(self, cluster: RedisCluster) -> bool:
+        """Whether a primary (one at random) sees another owner than the client's slot
+        map for any slot range."""
+        node = random.choice(cluster.get_primaries())
+        ranges = await cluster.execute_command("CLUSTER SLOTS", target_nodes=node)
+        for (start, _end), where in ranges.items():
+            host, port = where["primary"]
+            try:
+                known = cluster.nodes_manager.get_node_from_slot(int(start))
+            except RedisClusterException:
+                return True
+            if (host or node.host, int(port)) != (known.host, int(known.port)):
+                return True
+        return False
+
+    async def _remap(self, cluster: RedisCluster, refresh: bool) -> None:
         self._remap_wanted.clear()
-        if self._mapped.is_set():  # (the client read the map already at start)
+        if refresh:
             await cluster.nodes_manager.initialize()
         primaries = {(n.host, int(n.port)) for n in cluster.get_primaries()}
         for node in primaries:
@@ -1086,8 +1106,11 @@ class RedisBackend(Backend):
 
     async def _move(self, chan: _Channel, link: _Link) -> None:
         """Subscribe ``chan`` on ``link``; once confirmed, it is re-read from the last
-        delivered ID with its notifications held back (see ``_confirmed``)."""
+        delivered ID with its notifications held back (see ``_confirmed``). Counted as a
+        reconnect: what the process saw live of the channel may have a pause, and the hub
+        trusts what it saw only while the count stands still."""
         chan.misplaced = False
+        self._reconnects += 1
         chan.link = link
         if chan.catch_up is not None:
             chan.catch_up.cancel()
