@@ -7,6 +7,7 @@ gets its own key prefix, so tests never see each other's channels.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -15,7 +16,8 @@ import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -99,10 +101,11 @@ CLUSTER_MASTERS = 3
 
 @dataclass
 class RedisCluster:
-    """A throwaway cluster of ``CLUSTER_MASTERS`` masters on 127.0.0.1 (no replicas)."""
+    """A throwaway cluster on 127.0.0.1, stopped by pid."""
 
     ports: list[int]
     url: str  # redis+cluster://127.0.0.1:P1,127.0.0.1:P2,…/0
+    procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
 
 
 def _cluster_ports(count: int) -> list[int]:
@@ -134,10 +137,11 @@ def _cluster_ok(ports: list[int]) -> bool:
     return True
 
 
-@pytest.fixture(scope="session")
-def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
-    """Start ``redis-server --cluster-enabled yes`` x3 and ``redis-cli --cluster create``
-    once per session; stopped by pid at the end."""
+@contextlib.contextmanager
+def running_cluster(workdir: Path, nodes: int, replicas: int = 0) -> Iterator[RedisCluster]:
+    """Start ``nodes`` times ``redis-server --cluster-enabled yes`` in ``workdir`` and join
+    them with ``redis-cli --cluster create … --cluster-replicas replicas``; stopped by pid
+    on exit. ``RedisCluster.procs`` holds the processes, by port (a test may kill one)."""
     server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
     if server is None or cli is None:
         pytest.fail(
@@ -145,10 +149,9 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
             "(e.g. apt-get install redis-server)",
             pytrace=False,
         )
-    workdir = tmp_path_factory.mktemp("redis-cluster")
-    ports = _cluster_ports(CLUSTER_MASTERS)
-    procs = [
-        subprocess.Popen(
+    ports = _cluster_ports(nodes)
+    procs = {
+        port: subprocess.Popen(
             [
                 server,
                 "--port", str(port),
@@ -164,12 +167,12 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
             stderr=subprocess.STDOUT,
         )
         for port in ports
-    ]  # fmt: skip
+    }  # fmt: skip
     try:
         deadline = time.monotonic() + 10
         for port in ports:
             while True:
-                if any(p.poll() is not None for p in procs):
+                if any(p.poll() is not None for p in procs.values()):
                     pytest.fail("a cluster redis-server exited at start", pytrace=False)
                 try:
                     with redis.Redis(port=port, socket_connect_timeout=0.5) as client:
@@ -179,9 +182,10 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
                     if time.monotonic() > deadline:
                         pytest.fail(f"redis-server :{port} did not answer PING", pytrace=False)
                     time.sleep(0.02)  # poll: until the node answers, against the deadline
-        nodes = [f"127.0.0.1:{p}" for p in ports]
+        addresses = [f"127.0.0.1:{p}" for p in ports]
+        options = ["--cluster-replicas", str(replicas), "--cluster-yes"]
         create = subprocess.run(
-            [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+            [cli, "--cluster", "create", *addresses, *options],
             capture_output=True,
             text=True,
             timeout=60,
@@ -193,17 +197,24 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
             if time.monotonic() > deadline:
                 pytest.fail("the Redis Cluster did not reach cluster_state:ok", pytrace=False)
             time.sleep(0.05)  # poll: until every node says cluster_state:ok
-        hosts = ",".join(f"127.0.0.1:{p}" for p in ports)
-        yield RedisCluster(ports, f"redis+cluster://{hosts}/0")
+        yield RedisCluster(ports, f"redis+cluster://{','.join(addresses)}/0", procs)
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs.values():
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A cluster of ``CLUSTER_MASTERS`` masters without replicas, once per session."""
+    with running_cluster(tmp_path_factory.mktemp("redis-cluster"), CLUSTER_MASTERS) as cluster:
+        yield cluster
 
 
 @pytest.fixture

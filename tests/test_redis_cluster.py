@@ -9,7 +9,8 @@ and a channel whose slot moves to another primary while it is listened.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -19,9 +20,15 @@ from redis.exceptions import MovedError
 from pushsvc.backends import Backend, Message
 from pushsvc.backends.base import PresenceEntry
 from pushsvc.backends.redis import cluster_nodes, parse_url
-from pushsvc.exceptions import ConfigError
+from pushsvc.exceptions import BackendError, ConfigError
 from pushsvc.protocol.events import Event
-from tests.fixtures_redis import MakeBackend, RedisCluster, backend_url_for
+from tests.fixtures_redis import (
+    MakeBackend,
+    RedisCluster,
+    backend_url_for,
+    running_cluster,
+    with_prefix,
+)
 from tests.test_resume import (
     test_batch_publish_answers_every_id_in_order,
     test_binary_payload_on_every_transport,
@@ -227,3 +234,60 @@ async def test_a_lost_link_to_one_primary_is_replaced_and_re_read(
         assert [e.id for e in received if e.channel == c] == [e.id for e in sent if e.channel == c]
     assert listener.listener_status().reconnects >= 1
     await until(lambda: listener.listener_status().connected, 10, "every link up")
+
+
+@pytest.fixture
+def cluster_with_replicas(tmp_path: Path) -> Iterator[RedisCluster]:
+    """3 primaries with a replica each, for this test alone (it kills a primary)."""
+    with running_cluster(tmp_path, 6, replicas=1) as cluster:
+        yield cluster
+
+
+async def test_a_failover_moves_a_listened_channel_to_the_promoted_replica(
+    make_backend: MakeBackend, cluster_with_replicas: RedisCluster
+) -> None:
+    cluster = cluster_with_replicas
+    url = with_prefix(cluster.url, "failover:")
+    listener = await make_backend(url=url, ping_interval=0.2, ping_timeout=1.0)
+    publisher = await make_backend(url=url)
+    received: list[Event] = []
+    listener.set_sink(received.append)
+    channel = "survivor"
+    await listener.listen(channel)
+    clients = {port: aioredis.Redis(port=port) for port in cluster.ports}
+    try:
+        primary = await owner(clients, f"failover:{{{channel}}}:n".encode())
+        sent = [await publisher.append(Message(channel, "m", b"%d" % i)) for i in range(5)]
+        assert await clients[primary].execute_command("WAIT", 1, 5000) == 1  # replicated
+        cluster.procs[primary].kill()
+        cluster.procs[primary].wait()
+
+        async def append_through_failover(i: int) -> Event:
+            async def attempt() -> Event | None:
+                m = Message(channel, "m", b"%d" % i, idempotency_key=f"k{i}")
+                try:
+                    return await publisher.append(m)
+                except BackendError:  # 503 until a replica is promoted: the publisher retries
+                    return None
+
+            event: Event = await until(attempt, 30, "an append after the failover", interval=0.1)
+            return event
+
+        sent += [await append_through_failover(i) for i in range(5, 10)]
+        await until(lambda: len(received) >= len(sent), 30, "every event across the failover")
+        await asyncio.sleep(0.1)  # window: a duplicate would arrive now
+        assert [e.id for e in received] == [e.id for e in sent]
+        await until(lambda: listener.listener_status().connected, 30, "the listener up again")
+    finally:
+        for client in clients.values():
+            await client.aclose()
+
+
+@pytest.mark.parametrize("backend_url", ["redis", "redis-cluster"], indirect=True)
+async def test_an_idle_listener_link_stays_connected(make_backend: MakeBackend) -> None:
+    # a link with no channel subscribed (a primary none of this process's channels lives
+    # on) answers PING with a plain PONG, not a pub/sub reply: it is alive all the same
+    backend = await make_backend(ping_interval=0.05, ping_timeout=0.2)
+    await asyncio.sleep(1.0)  # window: a link taken for deaf would reconnect now
+    status = backend.listener_status()
+    assert (status.connected, status.reconnects) == (True, 0)

@@ -1069,10 +1069,19 @@ class RedisBackend(Backend):
         self._remap_wanted.set()
 
     async def _map_is_stale(self, cluster: RedisCluster) -> bool:
-        """Whether a primary (one at random) sees another owner than the client's slot
-        map for any slot range."""
-        node = random.choice(cluster.get_primaries())
-        ranges = await cluster.execute_command("CLUSTER SLOTS", target_nodes=node)
+        """Whether a primary (the first to answer, in random order) sees another owner
+        than the client's slot map for any slot range."""
+        primaries = cluster.get_primaries()
+        random.shuffle(primaries)
+        error: Exception | None = None
+        for node in primaries:
+            try:
+                ranges = await cluster.execute_command("CLUSTER SLOTS", target_nodes=node)
+                break
+            except (RedisError, OSError) as exc:
+                error = exc
+        else:
+            raise BackendError(f"no Redis Cluster primary answered CLUSTER SLOTS: {error}")
         for (start, _end), where in ranges.items():
             host, port = where["primary"]
             try:
@@ -1281,6 +1290,9 @@ class RedisBackend(Backend):
                 self._refused(link, exc)
                 continue
             link.reads += 1
+            if msg == b"PONG":  # a connection with no subscription answers a plain PONG
+                link.pong.set()
+                continue
             if not isinstance(msg, list) or not msg:
                 continue
             kind = msg[0]
