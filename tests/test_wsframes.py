@@ -40,7 +40,7 @@ def test_headers_use_7_16_and_64_bit_lengths() -> None:
 
 
 def test_header_is_what_a_server_writes_before_a_text_payload() -> None:
-    # the bytes pushsvc._uvicorn's write_texts builds with struct
+    # the bytes pushsvc.server's write_texts builds with struct
     for n in (0, 5, 125, 126, 300, 65535, 65536, 70_000):
         if n < 126:
             expected = bytes((0x81, n))

@@ -14,7 +14,7 @@ are located by offsets into one buffer, and each payload is one slice. The decod
 supports no extension (RSV bits must be 0; the encoder can set RSV1 for
 ``pushsvc.protocol.deflate``) and text is not checked for UTF-8 here: a caller that
 needs ``str`` decodes it. ``frame_header`` is the same header a server writes before an
-unmasked payload (``pushsvc._uvicorn``'s ``write_texts`` builds the same bytes).
+unmasked payload (``pushsvc.server``'s ``write_texts`` builds the same bytes).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ The response is our own ASGI response rather than sse-starlette's ``EventSourceR
 that one starts a ping task per connection and encodes each event per send, where pushsvc
 needs the hub's pre-encoded bytes, one process-wide heartbeat timer, and a write that
 coalesces everything queued for the connection into one ``send``. The hub writes the
-stream (``pushsvc.transports._writer``); the response's own task subscribes, then waits
+stream (``pushsvc.writer``); the response's own task subscribes, then waits
 for the disconnect. Server shutdown closes the session, which ends the stream (a drain:
 with a ``close`` event carrying 1012, "service restart"; docs/how-to/drain.md).
 

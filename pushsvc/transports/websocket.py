@@ -6,7 +6,7 @@ status with a problem body where the server supports ASGI's websocket denial res
 (uvicorn does), else a close with the error's code before any event is sent.
 
 A connection is one task, the reader; the hub writes the session's queue
-(``pushsvc.transports._writer``), frames being the hub's pre-encoded objects. A client
+(``pushsvc.writer``), frames being the hub's pre-encoded objects. A client
 that connects with ``batch=1`` lets the server put several JSON frames, separated by
 ``\n``, into one text message when they are queued together (a backlog): one write
 instead of one per event. Binary frames are never batched.
@@ -116,7 +116,7 @@ async def _open(scope: Scope, receive: Receive, send: Send) -> _Connection | Non
 
 class WebSocketWriter(Writer):
     """Writes text frames through the server's synchronous ``pushsvc.write_texts``
-    extension when it offers one (``pushsvc._uvicorn``): a backlog of several messages
+    extension when it offers one (``pushsvc.server``): a backlog of several messages
     then goes out in one socket write even without ``batch=1``. Everything else (binary
     frames, the close, a socket pushing back) goes through ASGI ``send``."""
 
