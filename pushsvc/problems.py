@@ -87,6 +87,9 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
 
 async def unexpected_error_handler(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:  # counted with the refusals: the 5xx error-rate alert sees it
+        metrics.rejected(500, "internal-error")
     return internal_error_response()
 
 

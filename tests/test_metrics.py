@@ -294,3 +294,33 @@ def test_transport_stats_count_event_frames_and_sample_one_write_in_n() -> None:
     poll.wrote([frames.poll_event(e) for e in events])
     poll.wrote([])  # a poll answered at its timeout
     assert (poll.events, poll.writes, poll.latency_count) == (8, 2, 1)
+
+
+def test_an_unexpected_error_answers_a_bare_500_problem_and_is_counted() -> None:
+    """A bug in a handler: a problem body that says nothing of the failure, and a count
+    under status 500 (the 5xx error-rate alert of deploy/prometheus reads it)."""
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.testclient import TestClient
+
+    from pushsvc.app import create_app
+    from pushsvc.settings import Settings
+
+    app = create_app(Settings(secrets=("s",), api_keys=("k",)))
+
+    async def broken(request: Request) -> Response:
+        raise RuntimeError("a secret detail")
+
+    app.add_route("/broken", broken)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        r = client.get("/broken")
+        assert r.status_code == 500
+        assert r.json()["type"].endswith("/internal-error")
+        assert "secret" not in r.text
+        families = {
+            sample.labels.get("problem"): sample.value
+            for family in text_string_to_metric_families(client.get("/metrics").text)
+            for sample in family.samples
+            if sample.name == "pushsvc_rejected_requests_total"
+        }
+    assert families.get("internal-error") == 1.0
