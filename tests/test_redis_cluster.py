@@ -148,7 +148,7 @@ async def migrate_slot(
     await src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", ids[target])
     while keys := await src.execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
         await src.execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys)
-        await asyncio.sleep(0.05)  # let publishes interleave with the migration
+        await asyncio.sleep(0.05)  # pace: let publishes interleave with the migration
     for port in (target, source, *(p for p in nodes if p not in (source, target))):
         await nodes[port].execute_command("CLUSTER SETSLOT", slot, "NODE", ids[target])
 
@@ -172,7 +172,7 @@ async def test_a_listened_channel_whose_slot_moves_loses_nothing(
         while not stop.is_set():
             sent.append(await publisher.append(Message(channel, "m", b"%d" % i)))
             i += 1
-            await asyncio.sleep(0.005)  # a steady trickle, not a flood
+            await asyncio.sleep(0.005)  # pace: a steady trickle, not a flood
 
     task = asyncio.create_task(publish())
     try:
