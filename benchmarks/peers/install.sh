@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what the benchmark peers need (idempotent; run from anywhere, as root or with sudo):
-#   - apt: nginx with the Nchan module (libnginx-mod-nchan, Debian 1:1.3.6);
+#   - apt: nginx with the Nchan module (libnginx-mod-nchan, Debian 1:1.3.6); wrk (requests.py);
 #   - npm: socket.io 4.8 into benchmarks/peers/node/ (from the committed package-lock.json);
 #   - pip: python-socketio 5.x into the current Python environment ($PYTHON, else python3
 #     on PATH, else /work/venv/bin/python when it exists).
@@ -12,6 +12,11 @@ here="$(cd "$(dirname "$0")" && pwd)"
 sudo_=()
 if [ "$(id -u)" != 0 ]; then sudo_=(sudo); fi
 
+if ! command -v wrk >/dev/null 2>&1; then
+    echo "installing with apt: wrk"
+    "${sudo_[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo_[@]}" apt-get install -y -qq --no-install-recommends wrk
+fi
 if ! dpkg-query -W -f='${Status}' libnginx-mod-nchan 2>/dev/null | grep -q "install ok installed"; then
     echo "installing with apt: nginx libnginx-mod-nchan"
     "${sudo_[@]}" apt-get update -qq
