@@ -21,7 +21,8 @@ from tests.fixtures_server import API_KEY, SECRET, Server
 TINY = [
     "-n", "12", "-k", "15", "--rate", "30", "--duration", "0.5", "-c", "30",
     "--idle-seconds", "0.5", "-m", "250", "--publishes", "200", "--batch", "50",
-    "--no-progress",
+    "--handshakes", "40", "--storm-clients", "30", "--storm-channels", "3",
+    "--storm-rate", "30", "--no-progress",
 ]  # fmt: skip
 
 
@@ -54,6 +55,8 @@ def test_every_scenario_runs_complete_with_a_spawned_server(tmp_path: Path) -> N
     transports = ("websocket", "sse", "long-polling")
     expected = {(s, t) for s in ("fanout", "latency", "connections", "resume") for t in transports}
     expected |= {("publish", "single"), ("publish", "batch"), ("idle", "mixed")}
+    # a long-poll holds no connection to open or drop: handshakes and storm are streams'
+    expected |= {(s, t) for s in ("handshakes", "storm") for t in ("websocket", "sse")}
     assert set(got) == expected
     for key, phase in got.items():
         assert phase["complete"], (key, phase)
@@ -76,6 +79,10 @@ def test_every_scenario_runs_complete_with_a_spawned_server(tmp_path: Path) -> N
     assert idle["params"]["transports"] == ",".join(transports)
     assert idle["figures"]["connections_open"] == idle["figures"]["still_open_after_idle"] == 30
     assert got[("publish", "batch")]["figures"]["messages"] == 200
+    for t in ("websocket", "sse"):
+        assert got[("handshakes", t)]["figures"]["handshakes"] == 40
+        storm = got[("storm", t)]["figures"]
+        assert storm["reconnected"] == 30 and storm["resumed"] is True
     report = (out / "bench.md").read_text()
     assert "## fanout" in report and "no event lost or duplicated" in report
     assert "--no-progress" in report  # the exact command is recorded
@@ -173,6 +180,56 @@ def test_idle_with_presence_reports_its_cost(
         assert "Redis while idle" in report
     else:
         assert "redis_commands_per_s" not in figures
+
+
+def test_storm_resumes_every_client_from_its_cursor(tmp_path: Path) -> None:
+    """50 clients per transport drop their connections at once and reconnect at once with
+    their cursors while events keep coming: every client is back, has every event once,
+    and the storm's times, CPU and RSS are reported."""
+    out = tmp_path / "out"
+    args = ["storm", "-t", "ws,sse", "--storm-clients", "50", "--storm-channels", "5"]
+    args += ["--storm-rate", "50", "--storm-timeout", "30"]
+    proc = run_bench("--spawn", "memory", "--out", str(out), "--no-progress", "--no-plots", *args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    got = {p["transport"]: p for p in phases(out)}
+    assert set(got) == {"websocket", "sse"}
+    for transport, phase in got.items():
+        assert phase["complete"], (transport, phase)
+        assert phase["params"]["resume"] is True
+        assert phase["params"]["token"] == "one per connection, each checked"
+        f = phase["figures"]
+        assert f["clients"] == f["reconnected"] == 50
+        assert f["lost"] == f["duplicated"] == f["gaps"] == 0
+        assert f["events_published"] > f["events_during_storm"] >= 0
+        assert 0 < f["time_to_reconnected_s"] <= f["time_to_caught_up_s"] < 30
+        assert f["reconnect_p50_ms"] <= f["reconnect_p99_ms"]
+        assert f["server_cpu_us_per_reconnect"] > 0 and f["server_cpu_s"] > 0
+        assert f["server_rss_peak_mib"] >= f["server_rss_before_mib"] > 0
+        assert f["missed_without_resume"] is None
+    report = (out / "bench.md").read_text()
+    assert "## storm" in report and "all caught up" in report
+
+
+def test_handshakes_open_connections_each_with_its_token(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["handshakes", "-t", "ws,sse", "--handshakes", "100", "--handshake-concurrency", "20"]
+    proc = run_bench("--spawn", "memory", "--out", str(out), "--no-progress", "--no-plots", *args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    got = {p["transport"]: p for p in phases(out)}
+    assert set(got) == {"websocket", "sse"}
+    for transport, phase in got.items():
+        assert phase["complete"], (transport, phase)
+        assert phase["params"] == {
+            "connections": 100,
+            "concurrency": 20,
+            "token": "one per connection, each checked",
+        }
+        f = phase["figures"]
+        assert f["handshakes"] == 100 and f["failed"] == 0
+        assert f["handshakes_per_s"] > 0
+        assert 0 < f["handshake_p50_ms"] <= f["handshake_p99_ms"] <= f["handshake_max_ms"]
+        assert f["server_cpu_us_per_handshake"] > 0
+    assert "## handshakes" in (out / "bench.md").read_text()
 
 
 @pytest.mark.parametrize(

@@ -112,6 +112,54 @@ def _transports(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--publishes", default=2000, show_default=True, help="publish: messages per mode.")
 @click.option("--batch", default=100, show_default=True, help="publish, resume: batch size.")
 @click.option("--publishers", default=4, show_default=True, help="Publishing connections.")
+@click.option(
+    "--handshakes",
+    default=3000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="handshakes: connections opened (each its own token and a subscribe).",
+)
+@click.option(
+    "--handshake-concurrency",
+    default=100,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="handshakes: connections opening at once.",
+)
+@click.option(
+    "--storm-clients",
+    default=10000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="storm: clients per transport that drop and reconnect at once.",
+)
+@click.option(
+    "--storm-channels",
+    default=10,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="storm: channels the clients are spread over.",
+)
+@click.option(
+    "--storm-rate",
+    default=20.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="storm: events/s published (all channels together) throughout.",
+)
+@click.option(
+    "--storm-concurrency",
+    default=500,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="storm: connections (and reconnections) opening at once.",
+)
+@click.option(
+    "--storm-timeout",
+    default=120.0,
+    show_default=True,
+    help="storm: seconds from the drop until every client must have caught up.",
+)
 @click.option("--payload-bytes", default=64, show_default=True, help="Event payload size.")
 @click.option(
     "--phase-timeout", default=120.0, show_default=True, help="Seconds; bounds every phase."
@@ -134,7 +182,9 @@ def _transports(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 def bench(scenarios: tuple[str, ...], **params: Any) -> None:
     """Measure a pushsvc server: SCENARIOS are fanout, latency, connections, idle (the
-    transports' connections all at once), resume, publish (default: all).
+    transports' connections all at once), resume, publish, handshakes (connections opened
+    per second, each with its token), storm (every client drops and reconnects at once
+    with its cursor) (default: all).
 
     \b
       pushsvc bench --spawn memory fanout -n 1000 -k 300
@@ -142,6 +192,8 @@ def bench(scenarios: tuple[str, ...], **params: Any) -> None:
       pushsvc bench --url http://127.0.0.1:8000 --secret S --api-key K connections -c 2000
       pushsvc bench --spawn redis idle -c 10000
       pushsvc bench --spawn redis idle -c 10000 --presence
+      pushsvc bench --spawn memory handshakes -t ws,sse --handshakes 3000
+      pushsvc bench --spawn memory storm -t ws,sse --storm-clients 10000
 
     Writes bench.json, bench.md and PNG plots to --out. Completeness is checked: every
     subscriber must receive every event exactly once.

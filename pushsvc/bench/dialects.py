@@ -30,6 +30,13 @@ A ``Dialect`` tells the raw clients of :mod:`pushsvc.bench.wire`:
   ``<seq>`` per subscriber (order-insensitive: the latency phase publishes from several
   connections at once, which a peer may relay in any order). ``PUSHSVC_AS_PEER`` measures
   pushsvc the same way (the payload is its event's ``data``), for the comparison.
+- whether a subscriber can resume after a dropped connection (``resume``: the transports
+  on which it can; the storm scenario): pushsvc with its cursor (WebSocket ``subscribe``
+  frame's ``cursor``, SSE ``Last-Event-ID``); Nchan with its message ID, on SSE as
+  ``Last-Event-ID`` and on WebSocket (which sends IDs only with the ``ws+meta.nchan``
+  subprotocol, ``ws_subprotocol``) as the ``last_event_id`` query parameter
+  (``ws_cursor_param``). The others relay live events only: their clients reconnect
+  without a position and miss what was published meanwhile.
 """
 
 from __future__ import annotations
@@ -55,6 +62,10 @@ class Dialect:
     # where latency starts: "server" (pushsvc's event ID) or "generator" (the payload's
     # ``@<ms>-<seq>@``, written right before the publish request; every peer's)
     clock: str = "generator"
+    # storm: the transports on which a subscriber resumes from the last ID it received
+    resume: tuple[str, ...] = ()
+    ws_subprotocol: str | None = None  # asked for when the client keeps a cursor
+    ws_cursor_param: str | None = None  # WebSocket resume: the query parameter
 
     @property
     def is_pushsvc(self) -> bool:
@@ -100,6 +111,7 @@ PUSHSVC = Dialect(
     ws_protocol="pushsvc",
     sse_protocol="pushsvc",
     clock="server",
+    resume=("websocket", "sse", "long-polling"),
 )
 
 # pushsvc measured exactly as a peer is (the comparison): the payload (the event's
@@ -113,6 +125,16 @@ PUSHSVC_AS_PEER = Dialect(
     ws_protocol="pushsvc",
     sse_protocol="pushsvc",
     clock="generator",
+    resume=PUSHSVC.resume,
+)
+
+# nginx + Nchan (benchmarks/peers/nchan.conf.template): its message buffer lets a
+# subscriber resume from a message ID (``<time>:<tag>``)
+NCHAN = Dialect(
+    "nchan",
+    resume=("websocket", "sse"),
+    ws_subprotocol="ws+meta.nchan",
+    ws_cursor_param="last_event_id",
 )
 
 

@@ -81,6 +81,28 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
         ("duplicated", "dup"),
         ("gaps", "gaps"),
     ],
+    "handshakes": [
+        ("handshakes", "handshakes"),
+        ("handshakes_per_s", "handshakes/s"),
+        ("handshake_p50_ms", "p50 ms"),
+        ("handshake_p99_ms", "p99 ms"),
+        ("server_cpu_us_per_handshake", "server CPU µs/handshake"),
+        ("generator_cpu_us_per_handshake", "generator CPU µs/handshake"),
+        ("failed", "failed"),
+    ],
+    "storm": [
+        ("clients", "clients"),
+        ("resumed", "resume"),
+        ("time_to_reconnected_s", "all reconnected s"),
+        ("reconnect_p99_ms", "reconnect p99 ms"),
+        ("time_to_caught_up_s", "all caught up s"),
+        ("events_during_storm", "events in storm"),
+        ("server_cpu_us_per_reconnect", "server CPU µs/reconnect"),
+        ("server_rss_peak_mib", "server peak RSS MiB"),
+        ("lost", "lost"),
+        ("duplicated", "dup"),
+        ("missed_without_resume", "missed (no resume)"),
+    ],
     "publish": [
         ("messages", "messages"),
         ("requests_per_s", "requests/s"),
@@ -242,6 +264,27 @@ _GLOSSARY = (
 )
 
 
+# what a scenario's figures mean, where the column titles cannot say it
+EXPLAIN = {
+    "handshakes": (
+        "Each connection: TCP connect, the WebSocket upgrade or the SSE request with its "
+        "token, a subscribe, until subscribed (pushsvc's `subscribed` frame or event; a "
+        "peer's 101 or response headers). p50/p99 per connection; server CPU over the "
+        "whole opening, divided by the handshakes."
+    ),
+    "storm": (
+        "Every client drops its connection at once (a TCP reset, as a network blip), then "
+        "all reconnect at once (`--storm-concurrency` at a time) with their cursor, while "
+        "the publisher keeps publishing. *all reconnected*: from the drop until the last "
+        "client is subscribed again; *all caught up*: until every client has every event "
+        "published up to then; *lost*/*dup* over the whole phase; *server CPU "
+        "µs/reconnect*: the server's CPU from the drop until the last reconnect, per "
+        "client (the steady publishing included); peak RSS sampled every 50 ms. Without "
+        "resume a client reconnects without a position: *missed* counts what it lost."
+    ),
+}
+
+
 def _scenario_section(phases: Sequence[Phase], scenario: str) -> list[str]:
     head, body = rows(phases, scenario)
     if not body:
@@ -249,6 +292,8 @@ def _scenario_section(phases: Sequence[Phase], scenario: str) -> list[str]:
     params = next(p.params for p in phases if p.scenario == scenario)
     out = [f"## {scenario}", ""]
     out += ["parameters: " + ", ".join(f"{k} = {v}" for k, v in params.items()), ""]
+    if scenario in EXPLAIN:
+        out += [EXPLAIN[scenario], ""]
     out += markdown_table(head, body)
     out += _idle_details(phases, scenario)
     notes = [f"{p.transport}: {n}" for p in phases if p.scenario == scenario for n in p.notes]

@@ -5,8 +5,20 @@ CPU use (a generator above 90% of a core may be what limited the figures).
 Every loop is bounded by a count and by ``phase_timeout``; a phase that runs out of time
 reports what it has, with ``complete: false`` and the missing events as lost.
 
-``Bench(..., dialect=...)`` runs fanout, latency and connections against a peer server
-(``benchmarks/peers/compare.py``): see :mod:`pushsvc.bench.dialects`.
+``Bench(..., dialect=...)`` runs fanout, latency, connections, handshakes and storm
+against a peer server (``benchmarks/peers/compare.py``): see :mod:`pushsvc.bench.dialects`.
+
+Handshakes and storm run on the transports that hold a connection (WebSocket, SSE).
+``handshakes`` times each connection from its TCP connect to its subscription, each
+with its own token (minted before the clock starts). ``storm`` subscribes every client
+before the first publish (so each one expects every event of its channel), lets a
+``SteadyPublisher`` run (one connection per channel: its acknowledgements come in event
+order, so the events acknowledged at a moment are exactly a prefix of the channel), drops
+every connection at once with a reset and reconnects every client from the newest cursor
+it received (``Dialect.resume``; a peer that cannot resume reconnects without one). The
+clients' tallies carry over: an event received twice is a duplicate, one never received is
+lost. "Caught up" is each tally reaching the count its channel had acknowledged when the
+last client reconnected; the completeness check counts again once the publisher stopped.
 
 Presence (``Options.presence``; idle and connections): every subscriber subscribes with
 presence, each one a member of its own (its own token and subject, when the bench can
@@ -43,8 +55,12 @@ SATURATED = 0.9  # generator CPU, fraction of one core
 CONTENDED = 0.15  # busy time on the server's core that is not the server's
 PRESENCE_CHANNEL_SIZE = 100  # idle/connections with presence: members per channel
 QUIET = 1.0  # presence: seconds without a presence frame before the idle window starts
-SCENARIOS = ("fanout", "latency", "connections", "idle", "resume", "publish")
+SCENARIOS = ("fanout", "latency", "connections", "idle", "resume", "publish", "handshakes", "storm")
 TRANSPORTS = ("websocket", "sse", "long-polling")
+# handshakes, storm: transports that hold a connection (a long-poll resumes on every poll)
+STREAM_TRANSPORTS = ("websocket", "sse")
+STORM_RECONNECT_ATTEMPTS = 3  # a refused or timed-out reconnect is retried, as clients do
+RSS_SAMPLE_S = 0.05  # storm: the server's RSS is sampled this often for its peak
 
 
 @dataclass
@@ -77,6 +93,19 @@ class Options:
     fanout_inflight: int = 1
     connect_concurrency: int = 200
     settle: float = 0.3
+    # handshakes: WebSocket/SSE connections opened, each with its own token and a
+    # subscribe, ``handshake_concurrency`` at a time
+    handshakes: int = 3_000
+    handshake_concurrency: int = 100
+    # storm: clients per transport on ``storm_channels`` channels, ``storm_rate`` events/s
+    # published (all channels together) before, during and after the drop; the opening
+    # and the reconnect ``storm_concurrency`` at a time; the storm (drop to caught up)
+    # bounded by ``storm_timeout``
+    storm_clients: int = 10_000
+    storm_channels: int = 10
+    storm_rate: float = 20.0
+    storm_concurrency: int = 500
+    storm_timeout: float = 120.0
 
 
 @dataclass
@@ -131,6 +160,30 @@ class Audience:
     all_done: asyncio.Event
 
 
+@dataclass
+class Storm:
+    """storm: the clients (replaced by their new connections once reconnected) and the
+    moments of the storm (``time.perf_counter()``; ``deadline``: ``time.monotonic()``)."""
+
+    subs: list[Subscriber]
+    published_at_drop: int
+    rss_before: int | None
+    deadline: float = 0.0
+    dropped_at: float = 0.0
+    reconnected_at: float = 0.0
+    caught_up_at: float | None = None
+    cpu_at_drop: float | None = None
+    cpu_at_reconnected: float | None = None
+    targets: list[int] = field(default_factory=list)  # acked per channel at reconnected_at
+    published_at_reconnected: int = 0
+    times_ms: array[float] = field(default_factory=lambda: array("d"))  # drop -> subscribed
+    failed: set[int] = field(default_factory=set)  # clients that could not reconnect
+    attempts_failed: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    meter: Meter | None = None
+    rss_peak: int | None = None
+
+
 class Meter:
     """Wall time, the generator's CPU and the server's CPU over one measured part."""
 
@@ -171,6 +224,119 @@ class Meter:
                         f"used {phase.server_cpu or 0:.0%}: other work (processes, "
                         "interrupts) competed with it"
                     )
+
+
+class PeakRSS:
+    """The server's peak RSS over a window, sampled every ``RSS_SAMPLE_S`` (the storm's:
+    old sessions not yet freed beside the new ones)."""
+
+    def __init__(self, server: ServerUnderTest) -> None:
+        self.server = server
+        self.peak: int | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._sample()
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._sample()
+
+    def _sample(self) -> None:
+        rss = self.server.rss_bytes()
+        if rss is not None and (self.peak is None or rss > self.peak):
+            self.peak = rss
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(RSS_SAMPLE_S)
+            self._sample()
+
+
+class SteadyPublisher:
+    """storm: one publishing connection per channel, each publishing its channel's events
+    in turn at ``rate / len(channels)`` events/s (a publish that is answered late is sent
+    at once, and counted late), until ``stop()`` or ``deadline``. ``acked[j]``: events of
+    channel ``j`` the server acknowledged, in order (one connection per channel: an
+    unanswered publish is the newest); ``last_seq[j]``: the sequence number of the newest."""
+
+    def __init__(
+        self,
+        bench: Bench,
+        channels: list[str],
+        rate: float,
+        deadline: float,
+    ) -> None:
+        self.bench = bench
+        self.channels = channels
+        self.interval = len(channels) / rate
+        self.deadline = deadline
+        self.acked = [0] * len(channels)
+        self.last_seq = [-1] * len(channels)
+        self.late = 0
+        self.errors: Counter[str] = Counter()
+        self.times_ms: array[float] = array("d")
+        self.pubs: list[Publisher] = []
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def published(self) -> int:
+        return sum(self.acked)
+
+    @property
+    def rejected(self) -> int:
+        return sum(p.rejected for p in self.pubs)
+
+    async def start(self) -> None:
+        self.pubs = [await Publisher(self.bench.target).open() for _ in self.channels]
+        t0 = time.perf_counter()
+        self._tasks = [
+            asyncio.create_task(self._channel(j, t0 + j * self.interval / len(self.channels)))
+            for j in range(len(self.channels))
+        ]
+
+    async def published_since(self, acked: list[int], deadline: float) -> None:
+        """Return once every channel has had an event acknowledged beyond ``acked``."""
+        while time.monotonic() < deadline:
+            if all(now > then for now, then in zip(self.acked, acked, strict=True)):
+                return
+            await asyncio.sleep(0.02)  # a poll: publishes are paced, ~interval apart
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for p in self.pubs:
+            p.close()
+
+    async def _channel(self, j: int, start: float) -> None:
+        publisher, channel = self.pubs[j], self.channels[j]
+        seq = 0
+        while not self._stop.is_set() and time.monotonic() < self.deadline:
+            delay = start + seq * self.interval - time.perf_counter()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                if self._stop.is_set():
+                    return
+            elif delay < -0.01:
+                self.late += 1
+            t0 = time.perf_counter()
+            try:
+                r = await publisher.publish(self.bench.body(channel, seq), channel)
+            except ConnectionError as exc:
+                self.errors[str(exc)] += 1
+                seq += 1
+                continue
+            self.times_ms.append((time.perf_counter() - t0) * 1000)
+            if r.status // 100 == 2:
+                self.acked[j] += 1
+                self.last_seq[j] = seq
+            seq += 1
 
 
 def percentiles(values: array[float] | list[float]) -> dict[str, float | None]:
@@ -263,11 +429,16 @@ class Bench:
         channels: Callable[[int], str] | None = None,
         tokens: Callable[[int], str] | None = None,
         presence: bool = False,
+        concurrency: int | None = None,
+        times_ms: array[float] | None = None,
+        keep_cursor: bool = False,
     ) -> tuple[list[Subscriber], int]:
         """``n`` subscribers of ``transport``: the i-th on ``channels(i)`` (default
-        ``channel``) with the token ``tokens(i)`` (default the bench's)."""
+        ``channel``) with the token ``tokens(i)`` (default the bench's), ``concurrency``
+        (default ``connect_concurrency``) opening at once; each one's connect-to-subscribed
+        time appended to ``times_ms``."""
         cls = SUBSCRIBERS[transport]
-        sem = asyncio.Semaphore(self.o.connect_concurrency)
+        sem = asyncio.Semaphore(concurrency or self.o.connect_concurrency)
         opened: list[Subscriber] = []
         failed = 0
         shared = self.target
@@ -277,9 +448,11 @@ class Bench:
             async with sem:
                 tally = Tally(target_count, latencies, ordered=self.dialect.ordered)
                 tally.on_target = on_target
+                tally.keep_cursor = keep_cursor
                 target = shared if tokens is None else dc_replace(shared, token=tokens(i))
                 chan = channel if channels is None else channels(i)
                 sub = cls(target, chan, tally, presence=presence)
+                t0 = time.perf_counter()
                 try:
                     async with asyncio.timeout(30):
                         await sub.start()
@@ -287,6 +460,8 @@ class Bench:
                     failed += 1
                     sub.close()
                     return
+                if times_ms is not None:
+                    times_ms.append((time.perf_counter() - t0) * 1000)
                 opened.append(sub)
 
         async with self.progress(f"{transport}: connect", n, lambda: len(opened) + failed):
@@ -752,6 +927,368 @@ class Bench:
             phase.figures["polls"] = getattr(second, "polls", None)
         return phase
 
+    # --- handshakes ------------------------------------------------------------------------
+
+    async def handshakes(self, transport: str) -> Phase:
+        """``--handshakes`` connections opened, ``--handshake-concurrency`` at a time, each
+        with its own token (pushsvc verifies every one) and a subscribe, until subscribed
+        (WebSocket: the ``subscribed`` frame; SSE: the ``subscribed`` event, a peer's
+        response headers); then closed."""
+        o = self.o
+        n = max(1, o.handshakes)
+        phase = Phase(
+            "handshakes",
+            transport,
+            {"connections": n, "concurrency": o.handshake_concurrency, "token": self._token_kind()},
+        )
+        channel = self.channel("handshakes", transport)
+        await self._warm_up(channel, [transport])
+        own = None
+        if self.dialect.is_pushsvc and self.mint is not None:
+            minted = [self.mint(f"{channel}-{i}") for i in range(n)]  # before the clock
+            own = minted.__getitem__
+        times: array[float] = array("d")
+        meter = Meter(self.server)
+        meter.start()
+        subs, failed = await self.open_subscribers(
+            transport,
+            n,
+            channel,
+            0,
+            None,
+            tokens=own,
+            concurrency=o.handshake_concurrency,
+            times_ms=times,
+        )
+        meter.stop()
+        await self.close_all(subs)
+        phase.notes += subscriber_notes(subs)
+        meter.fill(phase)
+        if failed:
+            phase.notes.append(f"{failed} of {n} handshakes failed")
+            phase.complete = False
+        done = len(subs)
+        lat = percentiles(times)
+        phase.figures = {
+            "handshakes": done,
+            "failed": failed,
+            "seconds": round(meter.wall, 4),
+            "handshakes_per_s": round(done / meter.wall, 1) if meter.wall else None,
+            "handshake_p50_ms": lat["p50_ms"],
+            "handshake_p90_ms": lat["p90_ms"],
+            "handshake_p99_ms": lat["p99_ms"],
+            "handshake_max_ms": lat["max_ms"],
+            "server_cpu_us_per_handshake": (
+                round(meter.server_cpu / done * 1e6, 2)
+                if meter.server_cpu is not None and done
+                else None
+            ),
+            "generator_cpu_us_per_handshake": (
+                round(meter.gen_cpu / done * 1e6, 2) if done else None
+            ),
+        }
+        return phase
+
+    def _token_kind(self) -> str:
+        if not self.dialect.is_pushsvc:
+            return "none (the peer checks no token)"
+        if self.mint is None:
+            return "one shared token, checked on every handshake"
+        return "one per connection, each checked"
+
+    # --- storm -----------------------------------------------------------------------------
+
+    async def storm(self, transport: str) -> Phase:
+        """``--storm-clients`` subscribers on ``--storm-channels`` channels receive live
+        events from a steady publisher, then all drop their connections at once and
+        reconnect at once, from their cursors where the server can resume them; the
+        publisher keeps publishing throughout.
+
+        Figures: the time from the drop until every client is subscribed again and until
+        every client has every event published up to that moment; what was lost and
+        duplicated over the whole phase; the server's CPU over the storm and its peak RSS.
+        Every subscriber subscribes before the first publish, so it expects every event
+        of its channel."""
+        o = self.o
+        n = max(1, o.storm_clients)
+        resumable = transport in self.dialect.resume
+        if self.respawn is not None:
+            self.server = self.respawn()  # fresh process: the storm's RSS is its own
+        chans = [
+            f"{self.channel('storm', transport)}-{j}"
+            for j in range(max(1, min(o.storm_channels, n)))
+        ]
+        phase = Phase(
+            "storm",
+            transport,
+            {
+                "clients": n,
+                "channels": len(chans),
+                "rate_per_s": o.storm_rate,
+                "concurrency": o.storm_concurrency,
+                "token": self._token_kind(),
+                "resume": resumable,
+            },
+        )
+        deadline = time.monotonic() + o.phase_timeout
+        subs = await self._storm_open(phase, transport, n, chans)
+        publisher = SteadyPublisher(
+            self, chans, o.storm_rate, deadline + o.storm_timeout + o.phase_timeout
+        )
+        await publisher.start()
+        try:
+            await self._storm_live(phase, subs, deadline)
+            storm = await self._storm_drop_and_reconnect(phase, transport, subs, publisher)
+        finally:
+            await publisher.stop()
+        await self._storm_verdict(phase, storm, publisher)
+        await self.close_all(storm.subs)
+        phase.notes += subscriber_notes(storm.subs)
+        return phase
+
+    async def _storm_open(
+        self, phase: Phase, transport: str, n: int, chans: list[str]
+    ) -> list[Subscriber]:
+        """The storm's clients, subscribed, each keeping its newest cursor; its own token
+        where the bench mints them."""
+        base = self.channel("storm", transport)
+        tokens = self._tokens(base) if self.dialect.is_pushsvc and self.mint else None
+        subs, failed = await self.open_subscribers(
+            transport,
+            n,
+            chans[0],
+            1,  # the live window waits for one event each
+            None,
+            channels=lambda i: chans[i % len(chans)],
+            tokens=tokens,
+            concurrency=self.o.storm_concurrency,
+            keep_cursor=True,
+        )
+        if failed:
+            phase.notes.append(f"{failed} of {n} clients failed to connect")
+            phase.complete = False
+        return subs
+
+    async def _storm_live(self, phase: Phase, subs: list[Subscriber], deadline: float) -> None:
+        """Wait until every client received a live event (its cursor is an event's), for
+        one second at least; then the tallies are re-armed for the storm."""
+        started = time.perf_counter()
+        async with self.progress(
+            f"{phase.transport}: live",
+            len(subs),
+            lambda: float(sum(s.tally.count > 0 for s in subs)),
+        ):
+            while time.monotonic() < deadline:
+                waiting = sum(1 for s in subs if s.tally.count == 0)
+                if not waiting and time.perf_counter() - started >= 1.0:
+                    break
+                await asyncio.sleep(0.05)
+        silent = sum(1 for s in subs if s.tally.count == 0)
+        if silent:
+            phase.notes.append(f"{silent} clients received no event before the drop")
+            phase.complete = False
+        for s in subs:
+            _rearm(s.tally, 0)
+
+    async def _storm_drop_and_reconnect(
+        self, phase: Phase, transport: str, subs: list[Subscriber], publisher: SteadyPublisher
+    ) -> Storm:
+        """Drop every connection at once, reconnect every client at once (bounded in
+        ``storm_concurrency``), then wait until every one has caught up (resumable)."""
+        o = self.o
+        storm = Storm(subs, publisher.published, self.server.rss_bytes())
+        storm.cpu_at_drop = self.server.cpu_seconds()
+        rss = PeakRSS(self.server)
+        meter = Meter(self.server)
+        storm.deadline = time.monotonic() + o.storm_timeout
+        rss.start()
+        meter.start()
+        storm.dropped_at = time.perf_counter()
+        for s in subs:
+            s.abort()
+        await self._storm_reconnect(phase, transport, storm)
+        storm.reconnected_at = time.perf_counter()
+        storm.cpu_at_reconnected = self.server.cpu_seconds()
+        storm.targets = list(publisher.acked)
+        storm.published_at_reconnected = publisher.published
+        if transport in self.dialect.resume:
+            await self._storm_catch_up(phase, storm)
+        meter.stop()
+        # every channel's newest event is then one published after the last reconnect:
+        # a client that cannot resume must receive it (it is live again)
+        await publisher.published_since(storm.targets, storm.deadline)
+        await rss.stop()
+        meter.fill(phase)
+        storm.meter, storm.rss_peak = meter, rss.peak
+        return storm
+
+    async def _storm_reconnect(self, phase: Phase, transport: str, storm: Storm) -> None:
+        """Each client's new connection (its cursor, when resumable), retried up to
+        ``STORM_RECONNECT_ATTEMPTS`` times; ``storm.subs`` becomes the new subscribers."""
+        cls = SUBSCRIBERS[transport]
+        sem = asyncio.Semaphore(self.o.storm_concurrency)
+        resumable = transport in self.dialect.resume
+        fresh: list[Subscriber] = list(storm.subs)
+        done = 0
+
+        async def one(i: int) -> None:
+            nonlocal done
+            old = storm.subs[i]
+            async with sem:
+                for attempt in range(STORM_RECONNECT_ATTEMPTS):
+                    sub = cls(old.target, old.channel, old.tally)
+                    old.tally.subscribed.clear()
+                    cursor = old.tally.cursor if resumable else None
+                    try:
+                        left = storm.deadline - time.monotonic()
+                        async with asyncio.timeout(max(0.1, min(30.0, left))):
+                            await sub.start(cursor)
+                    except (OSError, TimeoutError) as exc:
+                        sub.close()
+                        storm.attempts_failed += 1
+                        storm.errors[f"{type(exc).__name__}: {exc}"[:120]] += 1
+                        if time.monotonic() >= storm.deadline:
+                            break
+                        await asyncio.sleep(0.1 * (attempt + 1))
+                        continue
+                    storm.times_ms.append((time.perf_counter() - storm.dropped_at) * 1000)
+                    fresh[i] = sub
+                    done += 1
+                    return
+                storm.failed.add(i)
+
+        async with self.progress(
+            f"{transport}: reconnect", len(storm.subs), lambda: float(done + len(storm.failed))
+        ):
+            await asyncio.gather(*(one(i) for i in range(len(storm.subs))))
+        storm.subs = fresh
+        if storm.failed:
+            phase.notes.append(f"{len(storm.failed)} clients could not reconnect")
+            phase.complete = False
+
+    async def _storm_catch_up(self, phase: Phase, storm: Storm) -> None:
+        """Wait until every reconnected client has every event its channel had when the
+        last client reconnected (``storm.targets``); each one's time is its tally's."""
+        index = {c: j for j, c in enumerate(self._storm_channels(storm))}
+        waiting = 0
+        all_done = asyncio.Event()
+
+        def reached(_: Tally) -> None:
+            nonlocal waiting
+            waiting -= 1
+            if waiting <= 0:
+                all_done.set()
+
+        for i, s in enumerate(storm.subs):
+            if i in storm.failed:
+                continue
+            tally = s.tally
+            _rearm(tally, storm.targets[index[s.channel]])
+            if tally.count >= tally.target:
+                tally.reached_at = storm.reconnected_at
+            else:
+                tally.on_target = reached
+                waiting += 1
+        if waiting == 0:
+            all_done.set()
+        total = waiting
+        async with self.progress(
+            f"{phase.transport}: catch up", total, lambda: float(total - waiting)
+        ):
+            ok = await self.wait_until(all_done, storm.deadline)
+        if not ok:
+            phase.timed_out = True
+            phase.complete = False
+            phase.notes.append(f"{waiting} clients had not caught up at --storm-timeout")
+            return
+        storm.caught_up_at = max(
+            (s.tally.reached_at for s in storm.subs if s.tally.reached_at is not None),
+            default=storm.reconnected_at,
+        )
+
+    def _storm_channels(self, storm: Storm) -> list[str]:
+        return sorted({s.channel for s in storm.subs}, key=lambda c: int(c.rsplit("-", 1)[1]))
+
+    async def _storm_verdict(self, phase: Phase, storm: Storm, publisher: SteadyPublisher) -> None:
+        """Once the publisher stopped: every resumed client must have every event of its
+        channel exactly once (else lost/duplicated); a client that cannot resume must at
+        least receive the newest (it is live again). The figures."""
+        chans = self._storm_channels(storm)
+        index = {c: j for j, c in enumerate(chans)}
+        finals = publisher.acked
+        resumable = bool(phase.params["resume"])
+        grace = min(storm.deadline, time.monotonic() + 10.0)
+        lost: int | None = None
+        dups: int | None = None
+        gaps: int | None = None
+        if resumable:
+            lost, dups, gaps = await self._storm_complete(storm, finals, index, grace)
+            if lost or dups or gaps:
+                phase.complete = False
+        else:
+            behind = await self._storm_live_again(storm, publisher.last_seq, index, grace)
+            if behind:
+                phase.notes.append(f"{behind} clients did not receive the newest event")
+                phase.complete = False
+        if publisher.rejected or publisher.errors:
+            phase.complete = False
+            phase.notes.append(
+                f"{publisher.rejected} publishes refused, {sum(publisher.errors.values())} failed"
+            )
+        for error, count in storm.errors.most_common(2):
+            phase.notes.append(f"{count} reconnect attempts failed: {error}")
+        missed = None
+        if not resumable:
+            missed = sum(max(0, finals[index[s.channel]] - s.tally.count) for s in storm.subs)
+        phase.figures = _storm_figures(storm, publisher, resumable)
+        phase.figures |= {"lost": lost, "duplicated": dups, "gaps": gaps}
+        phase.figures["missed_without_resume"] = missed
+
+    async def _storm_complete(
+        self, storm: Storm, finals: list[int], index: dict[str, int], until: float
+    ) -> tuple[int, int, int]:
+        """Lost, duplicated, gaps once every client had time to receive every event."""
+        all_done = asyncio.Event()
+        waiting = 0
+
+        def reached(_: Tally) -> None:
+            nonlocal waiting
+            waiting -= 1
+            if waiting <= 0:
+                all_done.set()
+
+        for i, s in enumerate(storm.subs):
+            tally = s.tally
+            _rearm(tally, finals[index[s.channel]])
+            if tally.count < tally.target and i not in storm.failed:
+                tally.on_target = reached
+                waiting += 1
+        if waiting == 0:
+            all_done.set()
+        await self.wait_until(all_done, until)
+        subs = storm.subs
+        lost = sum(max(0, finals[index[s.channel]] - s.tally.count) for s in subs)
+        return lost, sum(s.tally.dups for s in subs), sum(s.tally.gaps for s in subs)
+
+    async def _storm_live_again(
+        self, storm: Storm, last_seq: list[int], index: dict[str, int], until: float
+    ) -> int:
+        """Clients without resume: how many have not received their channel's newest
+        event by ``until`` (polled)."""
+
+        def behind() -> int:
+            return sum(
+                1
+                for s in storm.subs
+                if s.tally.seen is not None and last_seq[index[s.channel]] not in s.tally.seen
+            )
+
+        while time.monotonic() < until:
+            if not behind():
+                return 0
+            await asyncio.sleep(0.05)  # a poll: no event says when a seq arrived
+        return behind()
+
     # --- publish ---------------------------------------------------------------------------
 
     async def publish(self, mode: str) -> Phase:
@@ -825,6 +1362,8 @@ class Bench:
             "latency": self.latency,
             "connections": self.connections,
             "resume": self.resume,
+            "handshakes": self.handshakes,
+            "storm": self.storm,
         }
         for scenario in scenarios:
             if scenario == "idle":
@@ -837,9 +1376,58 @@ class Bench:
             for transport in self.o.transports:
                 if transport not in self.dialect.transports:
                     continue
+                if scenario in ("handshakes", "storm") and transport not in STREAM_TRANSPORTS:
+                    continue
                 run = runners[scenario]
                 steps.append((scenario, transport, lambda run=run, t=transport: run(t)))  # type: ignore[misc]
         return steps
+
+
+def _rearm(tally: Tally, target: int) -> None:
+    """A tally that counts on towards a new ``target`` (not reached yet, no callback)."""
+    tally.target = target
+    tally.reached_at = None
+    tally.done.clear()
+    tally.on_target = None
+
+
+def _storm_figures(storm: Storm, publisher: SteadyPublisher, resumable: bool) -> dict[str, Any]:
+    """The storm's times (from the drop), the server's CPU and RSS, the publisher's pace."""
+    reconnected = len(storm.times_ms)
+    times = percentiles(storm.times_ms)
+    cpu = None
+    if storm.cpu_at_drop is not None and storm.cpu_at_reconnected is not None and reconnected:
+        cpu = (storm.cpu_at_reconnected - storm.cpu_at_drop) / reconnected
+    caught = None
+    if resumable and storm.caught_up_at is not None:
+        caught = round(storm.caught_up_at - storm.dropped_at, 3)
+    meter = storm.meter
+    return {
+        "clients": len(storm.subs),
+        "reconnected": reconnected,
+        "time_to_reconnected_s": (
+            round(storm.reconnected_at - storm.dropped_at, 3) if reconnected else None
+        ),
+        "reconnect_p50_ms": times["p50_ms"],
+        "reconnect_p99_ms": times["p99_ms"],
+        "time_to_caught_up_s": caught,
+        "resumed": resumable,
+        "events_published": publisher.published,
+        "events_during_storm": storm.published_at_reconnected - storm.published_at_drop,
+        "server_cpu_s": (
+            None if meter is None or meter.server_cpu is None else round(meter.server_cpu, 3)
+        ),
+        "server_cpu_us_per_reconnect": None if cpu is None else round(cpu * 1e6, 1),
+        "server_rss_before_mib": _mib(storm.rss_before),
+        "server_rss_peak_mib": _mib(storm.rss_peak),
+        "publishes_late": publisher.late,
+        "publish_p99_ms": percentiles(publisher.times_ms)["p99_ms"],
+        "reconnect_attempts_failed": storm.attempts_failed,
+    }
+
+
+def _mib(value: int | None) -> float | None:
+    return None if value is None else round(value / 2**20, 1)
 
 
 def _idle_figures(

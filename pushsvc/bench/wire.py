@@ -21,16 +21,24 @@ The generator must stay cheaper per delivery than the server it measures, so:
   its own ``presence_id`` and echoes ``presence_version``). ``presence``, ``join`` and
   ``leave`` frames are counted apart (``Tally.presence``/``joins``/``leaves``) and never
   as events.
+- Storms (``Tally.keep_cursor``): a subscriber keeps the newest cursor it received, as a
+  real client does (a pushsvc WebSocket event's ``cursor``, an SSE frame's ``id:``, the
+  ``id:`` line of a Nchan ``ws+meta.nchan`` message), and ``Subscriber.abort()`` drops its
+  connection as a network blip does (``SO_LINGER`` 0: a reset, nothing flushed). Off
+  elsewhere: the other scenarios pay no regex for it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import random
 import re
+import socket
+import struct
 import time
 from array import array
 from collections.abc import Callable
@@ -78,6 +86,7 @@ class Tally:
         "dups",
         "gaps",
         "joins",
+        "keep_cursor",
         "last",
         "latencies",
         "leaves",
@@ -103,6 +112,7 @@ class Tally:
         self.reached_at: float | None = None
         self.latencies = latencies
         self.cursor: str | None = None
+        self.keep_cursor = False  # storms: keep the newest cursor of every event
         self.subscribed = asyncio.Event()
         self.done = asyncio.Event()
         self.on_target: Callable[[Tally], None] | None = None
@@ -206,6 +216,9 @@ class WSClient(asyncio.Protocol):
         auth = b""
         if self.mode == "pushsvc":
             auth = b"Authorization: Bearer " + self.target.token.encode() + b"\r\n"
+        subprotocol = self.target.dialect.ws_subprotocol
+        if subprotocol and self.tally.keep_cursor:  # a peer that sends IDs only when asked
+            auth += b"Sec-WebSocket-Protocol: " + subprotocol.encode() + b"\r\n"
         self.transport.write(
             b"GET "
             + self.path.encode()
@@ -300,6 +313,8 @@ class WSClient(asyncio.Protocol):
                 nl = payload.find(b"\n", start)
             self._pushsvc_frame(payload, start, len(payload), ids)
         elif self.mode == "raw":
+            if self.tally.keep_cursor and payload.startswith(b"id: "):  # ws+meta.nchan
+                self.tally.cursor = payload[4 : payload.find(b"\n")].decode()
             ids += self.id_re.findall(payload)
         else:
             self._socketio_packet(payload, 0, len(payload), ids)
@@ -311,6 +326,10 @@ class WSClient(asyncio.Protocol):
             m = self.id_re.search(buf, start, end)
             if m is not None:
                 ids.append((m.group(1), m.group(2)))
+            if self.tally.keep_cursor:
+                c = CURSOR_RE.search(buf, start, end)
+                if c is not None:
+                    self.tally.cursor = c.group(1).decode()
         elif buf.startswith(WS_SUBSCRIBED, start):
             c = CURSOR_RE.search(buf, start, end)
             if c is not None:
@@ -486,6 +505,19 @@ class Subscriber:
     def close(self) -> None:
         raise NotImplementedError
 
+    def abort(self) -> None:
+        """Drop the connection as a network blip does: a reset (``SO_LINGER`` 0), no close
+        frame, nothing flushed."""
+        client = getattr(self, "client", None)
+        transport = getattr(client, "transport", None)
+        if transport is None:
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError, AttributeError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+
 
 async def _subscribed_or_lost(subscribed: asyncio.Event, lost: asyncio.Event) -> None:
     ok = asyncio.ensure_future(subscribed.wait())
@@ -505,6 +537,8 @@ class WSSubscriber(Subscriber):
     async def start(self, cursor: str | None = None) -> None:
         dialect = self.target.dialect
         path = dialect.path(dialect.ws_path, self.channel)
+        if cursor is not None and dialect.ws_cursor_param is not None:  # a peer's resume
+            path += f"&{dialect.ws_cursor_param}={quote(cursor, safe=':')}"
         self.client: WSClient = await _connect(
             self.target, lambda: WSClient(self.target, self.tally, path)
         )
@@ -561,6 +595,12 @@ class SSESubscriber(Subscriber):
                 if m is not None:
                     tally.cursor = m.group(1).decode()
                 tally.subscribed.set()
+        if tally.keep_cursor:
+            last = block.rfind(b"\nid: ")
+            if last >= 0 or block.startswith(b"id: "):
+                m = SSE_ID_RE.search(block, last + 1)
+                if m is not None:
+                    tally.cursor = m.group(1).decode()
         if self.pushsvc and b"event: gap\n" in block:
             tally.gaps += block.count(b"event: gap\n")
         if self.presence and any(e in block for e in SSE_PRESENCE_EVENTS):
