@@ -17,10 +17,17 @@ from typing import Any
 
 from pushsvc.auth import Authenticator
 from pushsvc.bench import proc
-from pushsvc.bench.dialects import PEER_ID_RE, PUSHSVC, PUSHSVC_AS_PEER, Dialect, socketio
+from pushsvc.bench.dialects import (
+    NCHAN,
+    PEER_ID_RE,
+    PUSHSVC,
+    PUSHSVC_AS_PEER,
+    Dialect,
+    socketio,
+)
 from pushsvc.bench.scenarios import Bench, Options
 from pushsvc.bench.server import free_port, spawn, spawn_command
-from pushsvc.bench.wire import Tally, Target, WSClient, WSSubscriber
+from pushsvc.bench.wire import SSESubscriber, Tally, Target, WSClient, WSSubscriber
 from pushsvc.protocol.wsframes import (
     OP_CLOSE,
     OP_CONTINUATION,
@@ -78,6 +85,73 @@ def test_compare_runs_the_bare_peers_complete(tmp_path: Path) -> None:
     md = (out / "comparison.md").read_text()
     assert "bare Starlette on uvicorn" in md and "| — |" in md  # websockets has no SSE
     assert "--servers starlette,websockets" in md  # the exact command
+
+
+def test_compare_runs_handshakes_and_storms_on_the_bare_peers(tmp_path: Path) -> None:
+    """The peers cannot resume: they reconnect, are live again, and the table says what
+    they missed; their handshakes check no token."""
+    out = tmp_path / "cmp"
+    run = subprocess.run(
+        [
+            sys.executable, str(PEERS / "compare.py"),
+            "--servers", "starlette", "--scenarios", "handshakes,storm",
+            "--handshakes", "60", "--storm-clients", "40", "--storm-channels", "4",
+            "--storm-rate", "40", "--storm-timeout", "20", "--phase-timeout", "30",
+            "--no-plots", "--out", str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    doc = json.loads((out / "comparison.json").read_text())
+    servers = {s["server"]: s for s in doc["servers"]}
+    assert set(servers) == {"starlette"}
+    for name, server in servers.items():
+        got = {(p["scenario"], p["transport"]): p for p in server["phases"]}
+        assert set(got) == {(s, t) for s in ("handshakes", "storm") for t in ("websocket", "sse")}
+        for key, phase in got.items():
+            assert phase["complete"], (name, key, phase)
+            f = phase["figures"]
+            if key[0] == "handshakes":
+                assert f["handshakes"] == 60 and f["handshakes_per_s"] > 0
+                assert phase["params"]["token"] == "none (the peer checks no token)"
+            else:
+                assert f["reconnected"] == 40 and f["resumed"] is False
+                assert f["time_to_reconnected_s"] > 0 and f["time_to_caught_up_s"] is None
+                assert f["lost"] is None and f["missed_without_resume"] >= 0
+    md = (out / "comparison.md").read_text()
+    assert "### Handshakes" in md and "### Connection storm" in md
+    assert "| starlette sse | no |" in md and "no resume" in md
+    assert "WS fan-out" not in md  # only the scenarios that ran have columns
+
+
+async def test_pushsvc_resumes_a_storm_when_measured_as_a_peer() -> None:
+    """The comparison's pushsvc (the payload's sequence numbers, no event-ID order) still
+    resumes from the newest cursor each client received: nothing lost or duplicated."""
+    server = await asyncio.to_thread(spawn, "memory")
+    try:
+        assert server.secret is not None
+        auth = Authenticator((server.secret,), ())
+        token = auth.issue("t", subscribe=["*"], publish=["*"])
+        options = Options(
+            storm_clients=40, storm_channels=4, storm_rate=40, storm_timeout=20, phase_timeout=20
+        )
+        bench = Bench(
+            server,
+            token,
+            options,
+            dialect=PUSHSVC_AS_PEER,
+            mint=lambda subject: auth.issue(subject, subscribe=["*"]),
+        )
+        for transport in ("websocket", "sse"):
+            phase = await bench.storm(transport)
+            assert phase.complete, phase
+            f = phase.figures
+            assert f["resumed"] is True and f["reconnected"] == 40
+            assert f["lost"] == f["duplicated"] == f["gaps"] == 0
+    finally:
+        await asyncio.to_thread(server.stop)
 
 
 async def test_fanout_with_the_dialect_against_the_bare_starlette_peer() -> None:
@@ -242,3 +316,37 @@ def test_the_subscriber_paths_follow_the_dialect() -> None:
     assert Dialect("x").transports == ("websocket", "sse")
     assert PUSHSVC.transports == ("websocket", "sse", "long-polling")
     assert WSSubscriber.transport_name == "websocket"
+
+
+async def test_a_storm_client_keeps_the_newest_cursor_of_every_transport() -> None:
+    """Only a client that keeps its cursor (the storm's) reads it from every event: a
+    pushsvc WebSocket event's cursor, an SSE id: line, a Nchan ws+meta.nchan message's
+    id (asked for with the subprotocol)."""
+    plain = Tally()
+    client = WSClient(Target("127.0.0.1", 1, "tok", "k", PUSHSVC), plain)
+    upgraded(client)
+    event = b'{"type":"event","channel":"c","id":"1764000000000-1","data":{},"cursor":"c1A"}'
+    client.data_received(server_frame(event))
+    assert plain.count == 1 and plain.cursor is None
+    kept = Tally()
+    kept.keep_cursor = True
+    client = WSClient(Target("127.0.0.1", 1, "tok", "k", PUSHSVC), kept)
+    upgraded(client)
+    second = event.replace(b"-1", b"-2").replace(b"c1A", b"c1B")
+    client.data_received(server_frame(event + b"\n" + second))
+    assert kept.count == 2 and kept.cursor == "c1B"
+
+    nchan = Tally(ordered=False)
+    nchan.keep_cursor = True
+    client = WSClient(Target("127.0.0.1", 1, "", "", NCHAN), nchan, "/ws?channel=c")
+    transport = upgraded(client)
+    assert b"Sec-WebSocket-Protocol: ws+meta.nchan\r\n" in transport.sent[0]
+    client.data_received(server_frame(b"id: 1795999802:3\n\n@1764000000000-7@xx"))
+    assert nchan.count == 1 and nchan.cursor == "1795999802:3"
+    assert b"Sec-WebSocket-Protocol" not in upgraded(WSClient(client.target, Tally())).sent[0]
+
+    sse = SSESubscriber(Target("127.0.0.1", 1, "", "", NCHAN), "c", Tally(ordered=False))
+    sse.tally.keep_cursor = True
+    sse.pushsvc, sse.id_re, sse.buf = False, NCHAN.id_re, b""
+    sse._chunk(b"id: 17:0\ndata: @1764000000000-0@\n\nid: 17:1\ndata: @1764000000000-1@\n\n")
+    assert sse.tally.count == 2 and sse.tally.cursor == "17:1"

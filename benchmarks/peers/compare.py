@@ -5,8 +5,12 @@
 For each server in ``--servers`` (default: all, in the order of the table): start it on a
 free loopback port pinned to CPU 0 (the generator pins itself to CPU 1), run the fan-out
 and latency scenarios on WebSocket (and SSE where the server has it), then the connections
-scenario (a fresh process per transport, as ``pushsvc bench`` does), stop it (by the pid
-this script started), and go on to the next. Writes ``comparison.json`` (every figure of
+scenario (a fresh process per transport, as ``pushsvc bench`` does), then, when asked
+(``--scenarios``), the handshakes (connections opened per second; only pushsvc checks a
+token, one per connection) and the storm (every client drops and reconnects at once, a
+fresh process per transport; pushsvc and Nchan resume from the client's last ID, the
+others cannot and report their reconnect time), stop it (by the pid this script
+started), and go on to the next. Writes ``comparison.json`` (every figure of
 every phase), ``comparison.md`` (the comparison table, then the detail tables) and
 ``comparison.png`` to ``--out``. Exits 1 when a phase was incomplete or a server could not
 be run.
@@ -50,11 +54,12 @@ import click
 
 from pushsvc.auth import Authenticator
 from pushsvc.bench import proc, report
-from pushsvc.bench.dialects import PUSHSVC_AS_PEER, Dialect, socketio
+from pushsvc.bench.dialects import NCHAN, PUSHSVC_AS_PEER, Dialect, socketio
 from pushsvc.bench.scenarios import CONTENDED, SATURATED, Bench, Options, Phase
 from pushsvc.bench.server import ServerUnderTest, Spawner, free_port, spawn_command
 
 HERE = Path(__file__).resolve().parent
+SCENARIOS = ("fanout", "latency", "connections", "handshakes", "storm")
 NODE_MODULES = HERE / "node" / "node_modules"
 
 
@@ -122,7 +127,7 @@ PEERS: dict[str, Peer] = {
             "nchan",
             "Nchan (nginx module, C), 1 worker",
             _py("nchan_serve.py"),
-            lambda port, pub: Dialect("nchan"),
+            lambda port, pub: NCHAN,
             lambda: (
                 _run(["nginx", "-v"])
                 + ", libnginx-mod-nchan "
@@ -255,10 +260,23 @@ class Runner:
         """The generator for ``server``; it restarts the server (a fresh process for each
         connections phase) as ``start`` does, pushsvc with the same credentials."""
         if server.secret is not None:  # pushsvc
-            token = Authenticator((server.secret,), ()).issue(
+            authenticator = Authenticator((server.secret,), ())
+            token = authenticator.issue(
                 "pushsvc-compare", subscribe=["*"], publish=["*"], ttl=24 * 3600
             )
-            return Bench(server, token, self.options, respawn=self.pushsvc.start, dialect=dialect)
+
+            def mint(subject: str) -> str:
+                """A client's own token (handshakes, storm: each one is checked)."""
+                return authenticator.issue(subject, subscribe=["*"], ttl=24 * 3600)
+
+            return Bench(
+                server,
+                token,
+                self.options,
+                respawn=self.pushsvc.start,
+                dialect=dialect,
+                mint=mint,
+            )
         bench: Bench
 
         def respawn() -> ServerUnderTest:
@@ -276,6 +294,8 @@ class Runner:
             ("fanout", bench.fanout),
             ("latency", bench.latency),
             ("connections", bench.connections),
+            ("handshakes", bench.handshakes),
+            ("storm", bench.storm),
         ):
             if scenario in self.opts["scenarios"]:
                 steps += [(scenario, t, run) for t in transports]
@@ -307,8 +327,14 @@ def _brief(p: Phase) -> str:
         "deliveries_per_s",
         "p99_ms",
         "server_rss_kib_per_connection",
+        "handshakes_per_s",
+        "server_cpu_us_per_handshake",
+        "time_to_reconnected_s",
+        "time_to_caught_up_s",
+        "server_cpu_us_per_reconnect",
         "lost",
         "duplicated",
+        "missed_without_resume",
     ):
         if f.get(key) is not None:
             parts.append(f"{key}={f[key]}")
@@ -342,6 +368,22 @@ COLUMNS = [
 ]
 
 
+# handshakes, storm: in the summary when they ran
+SUMMARY_KEYS = (
+    ("handshakes", "handshakes_per_s"),
+    ("handshakes", "handshake_p99_ms"),
+    ("handshakes", "server_cpu_us_per_handshake"),
+    ("storm", "resumed"),
+    ("storm", "time_to_reconnected_s"),
+    ("storm", "time_to_caught_up_s"),
+    ("storm", "lost"),
+    ("storm", "duplicated"),
+    ("storm", "missed_without_resume"),
+    ("storm", "server_cpu_us_per_reconnect"),
+    ("storm", "server_rss_peak_mib"),
+)
+
+
 def summary(results: list[Result]) -> list[dict[str, Any]]:
     rows = []
     for r in results:
@@ -351,6 +393,11 @@ def summary(results: list[Result]) -> list[dict[str, Any]]:
             row[f"{scenario}_{transport}_{key}"] = None if p is None else p.figures.get(key)
             row[f"{scenario}_{transport}_complete"] = None if p is None else p.complete
         for transport in ("websocket", "sse"):
+            for scenario, key in SUMMARY_KEYS:
+                p = r.phase(scenario, transport)
+                if p is not None:
+                    row[f"{scenario}_{transport}_{key}"] = p.figures.get(key)
+                    row[f"{scenario}_{transport}_complete"] = p.complete
             p = r.phase("fanout", transport)
             row[f"fanout_{transport}_deliveries_per_s"] = (
                 None if p is None else p.figures.get("deliveries_per_s")
@@ -390,49 +437,151 @@ def markdown(meta: dict[str, Any], results: list[Result], plot: str | None) -> s
     the generator's load and the completeness."""
     out = ["# pushsvc and its peers, side by side", "", f"- command: `{meta['command']}`"]
     out += report.meta_lines(meta, _META_KEYS)
-    out += ["", _method(meta["options"]), ""]
-    out += _comparison_table(results)
+    ran = {p.scenario for r in results for p in r.phases}
+    out += ["", _method(meta["options"], ran), ""]
+    out += _comparison_table(results, ran)
+    out += _connection_tables(results, ran)
     out += ["", "Versions:", ""]
     out += [f"- {r.peer.name}: {r.versions}" for r in results]
     out.append("")
     if plot:
         out += [f"![comparison]({plot})", ""]
     out += [_GLOSSARY, ""]
-    for scenario in ("fanout", "latency", "connections"):
+    for scenario in ("fanout", "latency", "connections", "handshakes", "storm"):
         out += _details(results, scenario)
     out += _generator_and_completeness(results)
     return "\n".join(out) + "\n"
 
 
-def _method(o: dict[str, Any]) -> str:
-    return (
-        f"Fan-out: {o['subscribers']:,} subscribers x {o['events']:,} events on one channel, "
-        f"published over {o['fanout_inflight']} connection(s), each sending its next event "
-        "as soon as its previous publish was answered; "
-        "server CPU per delivered event. Latency: "
-        f"{o['latency_subscribers']:,} subscribers, {o['rate']:g} events/s for "
-        f"{o['duration']:g} s, p99 of publish → receive. Idle connections: "
-        f"{o['connections']:,} per transport on a fresh server process, server RSS growth "
-        "per connection. Same load generator (`pushsvc.bench`, raw asyncio clients) for "
+def _method(o: dict[str, Any], ran: set[str]) -> str:
+    parts = []
+    if ran & set(CLASSIC) or not ran:
+        parts.append(
+            f"Fan-out: {o['subscribers']:,} subscribers x {o['events']:,} events on one "
+            f"channel, published over {o['fanout_inflight']} connection(s), each sending its "
+            "next event as soon as its previous publish was answered; "
+            "server CPU per delivered event. Latency: "
+            f"{o['latency_subscribers']:,} subscribers, {o['rate']:g} events/s for "
+            f"{o['duration']:g} s, p99 of publish → receive. Idle connections: "
+            f"{o['connections']:,} per transport on a fresh server process, server RSS growth "
+            "per connection."
+        )
+    if "handshakes" in ran:
+        parts.append(
+            f"Handshakes: {o['handshakes']:,} connections per transport, "
+            f"{o['handshake_concurrency']} opening at once, each until subscribed (pushsvc: "
+            "its own token, checked, and a subscribe frame or the SSE `subscribed` event; "
+            "the peers check no token: the upgrade or the response headers subscribe)."
+        )
+    if "storm" in ran:
+        parts.append(
+            f"Storm: {o['storm_clients']:,} clients per transport on {o['storm_channels']} "
+            f"channels, {o['storm_rate']:g} events/s published throughout; every client "
+            "drops its connection at once (a reset) and reconnects at once "
+            f"({o['storm_concurrency']} opening at a time) from its last ID where the server "
+            "can resume (pushsvc: its cursor; Nchan: its message ID, `Last-Event-ID` on SSE, "
+            "`last_event_id` with `ws+meta.nchan` on WebSocket); fresh server process."
+        )
+    parts.append(
+        "Same load generator (`pushsvc.bench`, raw asyncio clients) for "
         "every server; '—': the server has no such transport."
     )
+    return " ".join(parts)
 
 
-def _comparison_table(results: list[Result]) -> list[str]:
-    head = [
-        "server",
-        *[c[4] for c in COLUMNS],
-        "WS fan-out deliveries/s",
-        "generator CPU (WS fan-out)",
-    ]
+CLASSIC = ("fanout", "latency", "connections")
+
+
+def _comparison_table(results: list[Result], ran: set[str]) -> list[str]:
+    """Fan-out, latency, idle connections: the columns of the scenarios that ran."""
+    columns = [c for c in COLUMNS if c[0] in ran]
+    if not columns and ran:
+        return []
+    if not ran:
+        columns = COLUMNS
+    fan = "fanout" in ran or not ran
+    head = ["server", *[c[4] for c in columns]]
+    if fan:
+        head += ["WS fan-out deliveries/s", "generator CPU (WS fan-out)"]
     body = []
     for r in results:
         if r.error:
             body.append([r.peer.label, r.error] + [""] * (len(head) - 2))
             continue
-        cells = [_cell(r.phase(s, t), k, u) for s, t, k, u, _ in COLUMNS]
-        body.append([r.peer.label, *cells, *_fanout_cells(r.phase("fanout", "websocket"))])
+        cells = [_cell(r.phase(s, t), k, u) for s, t, k, u, _ in columns]
+        extra = _fanout_cells(r.phase("fanout", "websocket")) if fan else []
+        body.append([r.peer.label, *cells, *extra])
     return report.markdown_table(head, body)
+
+
+def _connection_tables(results: list[Result], ran: set[str]) -> list[str]:
+    """Handshakes (one row per server) and storms (one per server and transport)."""
+    out: list[str] = []
+    if "handshakes" in ran:
+        head = ["server", "token checked"]
+        for t in ("WS", "SSE"):
+            head += [f"{t} handshakes/s", f"{t} p50 / p99 ms", f"{t} server CPU/handshake"]
+        body = []
+        for r in results:
+            if r.error:
+                continue
+            row = [r.peer.label, "yes, one per connection" if r.peer.name == "pushsvc" else "no"]
+            for t in ("websocket", "sse"):
+                row += _handshake_cells(r.phase("handshakes", t))
+            body.append(row)
+        out += ["", "### Handshakes", "", *report.markdown_table(head, body)]
+    if "storm" in ran:
+        head = [
+            "server, transport",
+            "resume",
+            "all reconnected",
+            "all caught up",
+            "lost / dup",
+            "server CPU/reconnect",
+            "server peak RSS",
+            "generator CPU",
+        ]
+        body = [
+            [f"{r.peer.name} {p.transport}", *_storm_cells(p)]
+            for r in results
+            for p in r.phases
+            if p.scenario == "storm"
+        ]
+        out += ["", "### Connection storm", "", *report.markdown_table(head, body)]
+    return out
+
+
+def _handshake_cells(p: Phase | None) -> list[str]:
+    if p is None:
+        return ["—", "—", "—"]
+    f = p.figures
+    rate = _cell(p, "handshakes_per_s", "/s", 0)
+    lat = "—"
+    if f.get("handshake_p50_ms") is not None:
+        lat = f"{f['handshake_p50_ms']:.0f} / {f['handshake_p99_ms']:.0f}"
+    return [rate, lat, _cell(p, "server_cpu_us_per_handshake", "µs", 0)]
+
+
+def _storm_cells(p: Phase) -> list[str]:
+    f = p.figures
+    resumed = bool(f.get("resumed"))
+    if resumed:
+        lost = f"{f.get('lost')} / {f.get('duplicated')}" if f.get("lost") is not None else "—"
+        caught = _cell(p, "time_to_caught_up_s", "s", 2)
+    else:
+        missed = f.get("missed_without_resume")
+        lost = "no resume" + (f" ({missed:,} missed)" if missed is not None else "")
+        caught = "no resume"
+    gen = "—" if p.generator_cpu is None else f"{p.generator_cpu:.0%}"
+    return [
+        "yes" if resumed else "no",
+        _cell(p, "time_to_reconnected_s", "s", 2),
+        caught,
+        lost,
+        _cell(p, "server_cpu_us_per_reconnect", "µs", 0),
+        _cell(p, "server_rss_peak_mib", "MiB", 0),
+        gen,
+    ]
 
 
 def _fanout_cells(fan: Phase | None) -> list[str]:
@@ -515,19 +664,31 @@ def _fmt_num(value: Any) -> str:
     return "—" if value is None else f"{value:,.0f}"
 
 
-def plot(out: Path, results: list[Result]) -> str:
+PANELS = [
+    ("fanout", "server_cpu_us_per_delivery", "fan-out: server CPU µs per delivered event"),
+    ("latency", "p99_ms", "p99 publish → receive, ms"),
+    ("connections", "server_rss_kib_per_connection", "idle server RSS KiB per connection"),
+    ("handshakes", "server_cpu_us_per_handshake", "server CPU µs per handshake"),
+    ("storm", "time_to_reconnected_s", "storm: s from the drop until all reconnected"),
+]
+
+
+def plot(out: Path, results: list[Result]) -> str | None:
+    """``comparison.png``: a panel per scenario that ran (None: none has a panel)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [
-        ("fanout", "server_cpu_us_per_delivery", "fan-out: server CPU µs per delivered event"),
-        ("latency", "p99_ms", "p99 publish → receive, ms"),
-        ("connections", "server_rss_kib_per_connection", "idle server RSS KiB per connection"),
-    ]
+    ran = {p.scenario for r in results for p in r.phases}
+    panels = [panel for panel in PANELS if panel[0] in ran]
+    if not panels:
+        return None
     names = [r.peer.name for r in results]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 0.55 * len(names) + 2.2))
+    fig, grid = plt.subplots(
+        1, len(panels), figsize=(5 * len(panels), 0.55 * len(names) + 2.2), squeeze=False
+    )
+    axes = grid[0]
     height = 0.38
     for ax, (scenario, key, title) in zip(axes, panels, strict=True):
         for j, (transport, color) in enumerate((("websocket", "#4477aa"), ("sse", "#cc6677"))):
@@ -584,7 +745,7 @@ def _log(message: str) -> None:
     "--scenarios",
     default="fanout,latency,connections",
     show_default=True,
-    help="Comma-separated subset of fanout, latency, connections.",
+    help="Comma-separated subset of " + ", ".join(SCENARIOS) + ".",
 )
 @click.option("-t", "--transports", default="websocket,sse", show_default=True)
 @click.option("-n", "--subscribers", default=1000, show_default=True, help="fanout subscribers.")
@@ -594,6 +755,19 @@ def _log(message: str) -> None:
 @click.option("--duration", default=20.0, show_default=True, help="latency: seconds.")
 @click.option("-c", "--connections", default=2000, show_default=True, help="idle connections.")
 @click.option("--idle-seconds", default=6.0, show_default=True)
+@click.option("--handshakes", default=3000, show_default=True, help="handshakes: connections.")
+@click.option(
+    "--handshake-concurrency", default=100, show_default=True, help="handshakes: at once."
+)
+@click.option("--storm-clients", default=10000, show_default=True, help="storm: clients.")
+@click.option("--storm-channels", default=10, show_default=True, help="storm: channels.")
+@click.option("--storm-rate", default=20.0, show_default=True, help="storm: events/s.")
+@click.option(
+    "--storm-concurrency", default=500, show_default=True, help="storm: (re)connecting at once."
+)
+@click.option(
+    "--storm-timeout", default=120.0, show_default=True, help="storm: seconds to catch up."
+)
 @click.option("--payload-bytes", default=64, show_default=True)
 @click.option(
     "--fanout-inflight",
@@ -660,8 +834,8 @@ def _settings(params: dict[str, Any]) -> tuple[list[str], Options, dict[str, Any
     if unknown:
         raise click.BadParameter(f"unknown: {', '.join(unknown)}", param_hint="--servers")
     scen = tuple(s.strip() for s in params["scenarios"].split(",") if s.strip())
-    if not set(scen) <= {"fanout", "latency", "connections"}:
-        raise click.BadParameter("fanout, latency, connections", param_hint="--scenarios")
+    if not set(scen) <= set(SCENARIOS):
+        raise click.BadParameter(", ".join(SCENARIOS), param_hint="--scenarios")
     trans = tuple(
         {"ws": "websocket"}.get(t.strip(), t.strip()) for t in params["transports"].split(",")
     )
@@ -670,6 +844,8 @@ def _settings(params: dict[str, Any]) -> tuple[list[str], Options, dict[str, Any
     names = (
         *("subscribers", "events", "latency_subscribers", "rate", "duration"),
         *("connections", "idle_seconds", "payload_bytes", "publishers", "phase_timeout"),
+        *("handshakes", "handshake_concurrency", "storm_clients", "storm_channels"),
+        *("storm_rate", "storm_concurrency", "storm_timeout"),
     )
     options = Options(
         transports=trans,
@@ -689,6 +865,7 @@ def _meta(runner: Runner, options: Options) -> dict[str, Any]:
         "python": platform.python_version(),
         "git": report.git_describe(),
         "pushsvc_backend": runner.opts["backend"],
+        "scenarios": list(runner.opts["scenarios"]),
         "load_average_at_start": report.load_average(),
         "options": vars(options) | {"transports": list(options.transports)},
     }

@@ -89,6 +89,7 @@ async def main(host: str, port: int, publish_port: int) -> None:
         max_queue=None,
         server_header=None,
         close_timeout=1,
+        backlog=2048,  # uvicorn's; asyncio's 100 drops SYNs when hundreds connect at once
     ):
         await stop
     publisher.close()
