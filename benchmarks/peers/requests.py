@@ -730,6 +730,9 @@ def run_wrk(opts: Options, load: Load, seconds: int, server: Server) -> dict[str
     return summary
 
 
+ROUND_MARGIN = 0.05  # seconds: wrk's start (exec, Lua, connecting) before its first polls
+
+
 def round_marks(load: Load, seconds: int) -> list[float]:
     """For a poll that times out (``load.period``): two instants halfway through a round,
     whole rounds apart, within the run. wrk's connections start together and every poll
@@ -781,11 +784,17 @@ def figures(summary: dict[str, Any], load: Load) -> tuple[dict[str, Any], list[s
         f["rounds"] = rounds | {"requests": counted}
         if requests:
             f["cpu_us_per_request_whole_run"] = round(total / requests * 1e6, 2)
-        late = f["latency_ms"]["max"] / 1000 - load.period
-        if late * (rounds["rounds"] + 1) > load.period / 4:
+        # a connection's polls drift by their lateness, round after round (the mean), and
+        # spread by its worst: the last reading must still fall between two rounds
+        late = f["latency_ms"]["mean"] / 1000 - load.period
+        worst = f["latency_ms"]["max"] / 1000 - load.period
+        drift = (rounds["rounds"] + 1) * max(0.0, late) + max(0.0, worst) + ROUND_MARGIN
+        f["rounds"]["drift_s"] = round(drift, 4)
+        if drift > load.period / 2:
             notes.append(
-                f"polls answered up to {late * 1000:.0f} ms late: they may have left their "
-                "rounds, CPU per request is approximate"
+                f"polls answered {late * 1000:.0f} ms late on average (at worst "
+                f"{worst * 1000:.0f} ms): they may have left their rounds, CPU per request is "
+                "approximate"
             )
     elif load.period:
         notes.append("too short for whole rounds: CPU over the whole run's requests")
