@@ -74,3 +74,51 @@ def test_requests_bench_reports_cpu_per_request_with_every_answer_2xx(tmp_path: 
     assert "## publish" in md and "## poll-idle" in md and "| pushsvc-memory |" in md
     assert "--servers floor,pushsvc-memory" in md  # the exact command
     assert md.split("\n## publish")[1].split("\n## ")[0] in run.stdout  # the table, printed
+
+
+def test_requests_bench_measures_a_baseline_checkout_in_the_same_run(tmp_path: Path) -> None:
+    # the baseline: this pushsvc package in a git repository of its own, then changed
+    base = tmp_path / "before"
+    ignore = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(ROOT / "pushsvc", base / "pushsvc", ignore=ignore)
+    git = ["git", "-C", str(base), "-c", "user.name=t", "-c", "user.email=t@localhost"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "pushsvc"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "base"], check=True)
+    commit = subprocess.run(
+        [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    with (base / "pushsvc" / "__init__.py").open("a") as f:
+        f.write("# changed\n")
+    out = tmp_path / "req"
+    run = subprocess.run(
+        [
+            sys.executable, str(SCRIPT), "--wrk", wrk(),
+            "--servers", "pushsvc-memory", "--scenarios", "publish", "--baseline-root", str(base),
+            "--duration", "1", "--warmup", "0", "-c", "4", "--out", str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    doc = json.loads((out / "requests.json").read_text())
+    assert [(r["server"], r["complete"]) for r in doc["runs"]] == [
+        ("pushsvc-memory", True),
+        ("pushsvc-memory@base", True),
+    ]
+    assert doc["meta"]["baseline"] | {"python": None} == {
+        "python": None,
+        "root": str(base),
+        "commit": commit,
+        "dirty": True,
+    }
+    servers = {s["server"]: s for s in doc["servers"]}
+    assert f"from {base / 'pushsvc' / '__init__.py'}" in servers["pushsvc-memory@base"]["versions"]
+    assert f"from {ROOT / 'pushsvc' / '__init__.py'}" in servers["pushsvc-memory"]["versions"]
+    row = doc["summary"]["publish"]["pushsvc-memory"]
+    twin = doc["summary"]["publish"]["pushsvc-memory@base"]
+    assert row["after_before"] == round(row["cpu_us_per_request"] / twin["cpu_us_per_request"], 3)
+    md = (out / "requests.md").read_text()
+    assert "| after/before |" in md and "| pushsvc-memory@base |" in md
+    assert f"git {commit} (dirty)" in md

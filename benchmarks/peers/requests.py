@@ -33,7 +33,12 @@ worker), ``pushsvc-memory`` and ``pushsvc-redis`` (``python -m pushsvc serve`` w
 key and a secret, the API-key publish rate limit off as ``pushsvc bench`` has it, its log
 level left at its default; Redis: a throwaway ``redis-server`` on a free port). pushsvc
 runs under ``--pushsvc-python`` with its working directory at ``--pushsvc-root``, so that
-another checkout can be measured beside this one's floor.
+another checkout can be measured beside this one's floor. ``--baseline-root DIR`` (and
+``--baseline-python``, default ``--pushsvc-python``) adds a twin of each, ``NAME@base``,
+run from ``DIR`` (cwd and ``PYTHONPATH``; it must import ``DIR/pushsvc``), with its own
+Redis, measured in turn with the others (a server and its twin swap places every other
+repeat): the tables get an "after/before" column, pushsvc's CPU per request over its
+twin's, and the JSON both checkouts' commits. Only same-run ratios count on a noisy machine.
 
 Writes ``requests.json`` (every run's figures, wrk's exact commands, versions, the
 machine) and ``requests.md`` (a table per scenario) to ``--out`` and prints the tables.
@@ -93,6 +98,7 @@ MESSAGE = json.dumps(
     },
     separators=(",", ":"),
 )
+BASE = "@base"  # the suffix of a pushsvc server's twin run from --baseline-root
 NCHAN_IDLE_STATUSES = (408,)  # a long-poll that timed out, as Nchan answers it
 HIDDEN = ("WRK_AUTHORIZATION",)  # not written to the outputs (the run's own credentials)
 TIMES = "\u00d7"  # the multiplication sign of the "times the floor" column
@@ -112,6 +118,8 @@ class Options:
     pin_server: int | None
     pin_gen: int | None
     out: Path
+    baseline_python: str | None = None  # the @base twins' (None: no baseline)
+    baseline_root: Path | None = None
 
 
 # --- what wrk sends ----------------------------------------------------------------------------
@@ -457,12 +465,24 @@ class Redis:
 
 
 class Pushsvc(Server):
-    """``python -m pushsvc serve`` under ``--pushsvc-python``, cwd ``--pushsvc-root``."""
+    """``python -m pushsvc serve`` under ``--pushsvc-python``, cwd ``--pushsvc-root``; a
+    baseline twin under ``--baseline-python``, cwd and ``PYTHONPATH`` ``--baseline-root``."""
 
     backend = "memory"
+    baseline = False
 
     def __init__(self, opts: Options) -> None:
         super().__init__(opts)
+        if self.baseline:
+            assert opts.baseline_root is not None
+            self.python = opts.baseline_python or opts.pushsvc_python
+            self.root = opts.baseline_root
+            # `-m` puts the cwd first on sys.path; PYTHONPATH too, for the token helper's `-c`
+            path = os.environ.get("PYTHONPATH")
+            self.path_env = {"PYTHONPATH": os.pathsep.join([str(self.root), *filter(None, [path])])}
+        else:
+            self.python, self.root = opts.pushsvc_python, opts.pushsvc_root
+            self.path_env = {}
         self.redis: Redis | None = None
         self.secret = secrets.token_urlsafe(24)
         self.api_key = secrets.token_urlsafe(18)
@@ -473,7 +493,8 @@ class Pushsvc(Server):
     def start(self) -> None:
         backend_url = "memory://"
         if self.backend == "redis":
-            self.redis = Redis(self.opts.pin_server, self.log.with_name("redis-server.log"))
+            log = self.log.with_name(f"redis-server{BASE if self.baseline else ''}.log")
+            self.redis = Redis(self.opts.pin_server, log)
             self.redis_command = self.redis.command
             backend_url = self.redis.url
         # pushsvc bench's environment (pushsvc/bench/server.py), its log level left alone
@@ -483,15 +504,15 @@ class Pushsvc(Server):
             "PUSHSVC_API_KEYS": self.api_key,
             "PUSHSVC_API_KEY_PUBLISH_RATE": "0",
             "PUSHSVC_MAX_CONNECTIONS": "60000",
-        }
+        } | self.path_env
         port = free_port()
-        py = self.opts.pushsvc_python
+        py = self.python
         cmd = [py, "-m", "pushsvc", "serve", "--host", "127.0.0.1", "--port", str(port)]
-        with contextlib.chdir(self.opts.pushsvc_root):  # `-m` imports from the cwd first
+        with contextlib.chdir(self.root):  # `-m` imports from the cwd first
             # that checkout's versions and a client token, minted meanwhile
             helper = subprocess.Popen(
                 [py, "-c", _HELPER],
-                env=os.environ | {"REQBENCH_SECRET": self.secret},
+                env=os.environ | self.path_env | {"REQBENCH_SECRET": self.secret},
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
@@ -504,10 +525,14 @@ class Pushsvc(Server):
                     helper.kill()
                     helper.wait()
         lines = out.strip().splitlines()
-        if helper.returncode != 0 or len(lines) != 2:
+        if helper.returncode != 0 or len(lines) != 3:
             raise RuntimeError(f"{py} could not mint a token: {err[-500:]}")
-        self.versions, self.token = lines
-        self.versions += f", git {_git(self.opts.pushsvc_root)}"
+        self.versions, imported, self.token = lines
+        # the checkout's own package, not an installed one (before/after would be the same)
+        expected = self.root / "pushsvc" / "__init__.py"
+        if expected.exists() and Path(imported).resolve() != expected.resolve():
+            raise RuntimeError(f"{py} in {self.root} imports {imported}, not {expected}")
+        self.versions += f", git {_git(self.root)}"
         if self.redis is not None:
             self.versions += f"; {self.redis.version}"
 
@@ -584,8 +609,29 @@ class PushsvcRedis(Pushsvc):
     backend = "redis"
 
 
+class PushsvcMemoryBase(PushsvcMemory):
+    name = PushsvcMemory.name + BASE
+    label = PushsvcMemory.label + ", the baseline checkout (--baseline-root)"
+    baseline = True
+
+
+class PushsvcRedisBase(PushsvcRedis):
+    name = PushsvcRedis.name + BASE
+    label = PushsvcRedis.label + ", the baseline checkout (--baseline-root), its own Redis"
+    baseline = True
+
+
 SERVER_CLASSES: dict[str, type[Server]] = {
-    cls.name: cls for cls in (Floor, StarletteRoute, Nchan, PushsvcMemory, PushsvcRedis)
+    cls.name: cls
+    for cls in (
+        Floor,
+        StarletteRoute,
+        Nchan,
+        PushsvcMemory,
+        PushsvcRedis,
+        PushsvcMemoryBase,
+        PushsvcRedisBase,
+    )
 }
 
 # Run by pushsvc's interpreter in its checkout: which pushsvc it imports (and versions),
@@ -597,6 +643,7 @@ from pushsvc.auth import Authenticator
 print(f"pushsvc {getattr(pushsvc, '__version__', '?')} from {pushsvc.__file__}, "
       f"uvicorn {version('uvicorn')}, starlette {version('starlette')}, "
       f"Python {platform.python_version()}")
+print(pushsvc.__file__)
 auth = Authenticator((os.environ["REQBENCH_SECRET"],), ())
 print(auth.issue("reqbench", subscribe=["bench*"], ttl=86400))
 """
@@ -621,6 +668,20 @@ def _git(root: Path) -> str:
     if not (root / ".git").exists():
         return "not a git checkout"
     return _run(["git", "-C", str(root), "describe", "--always", "--dirty"])
+
+
+def checkout(python: str, root: Path) -> dict[str, Any]:
+    """A pushsvc checkout as the JSON records it: its commit and whether tracked files
+    differ from it (untracked ones do not count, as with ``git describe --dirty``)."""
+    out: dict[str, Any] = {"python": python, "root": str(root), "commit": None, "dirty": None}
+    git = ["git", "-C", str(root)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:
+        out["commit"] = head.stdout.strip()
+        status = [*git, "status", "--porcelain", "--untracked-files=no"]
+        changed = subprocess.run(status, capture_output=True, text=True)
+        out["dirty"] = bool(changed.stdout.strip()) if changed.returncode == 0 else None
+    return out
 
 
 # --- one wrk run ---------------------------------------------------------------------------------
@@ -848,11 +909,21 @@ class Bench:
         for server in self.servers:
             server.stop()
 
+    def order(self, rep: int) -> list[Server]:
+        """The servers in turn; every other round a pushsvc server and its baseline twin
+        swap places, so neither always runs first."""
+        servers = list(self.servers)
+        if rep % 2:
+            for i in range(len(servers) - 1):
+                if servers[i + 1].name == servers[i].name + BASE:
+                    servers[i], servers[i + 1] = servers[i + 1], servers[i]
+        return servers
+
     def measure(self) -> None:
         """Scenario by scenario, ``--repeat`` rounds of every server in turn."""
         for scenario in self.scenarios:
             for rep in range(self.opts.repeat):
-                for server in self.servers:
+                for server in self.order(rep):
                     if server.error is not None:
                         continue
                     why = server.skip(scenario)
@@ -861,7 +932,7 @@ class Bench:
                         continue
                     run = self.measure_one(server, scenario, rep)
                     self.runs.append(run)
-                    _log(f"{scenario:>9} {server.name:>15} #{rep + 1}: {_brief(run)}")
+                    _log(f"{scenario:>9} {server.name:>20} #{rep + 1}: {_brief(run)}")
 
     def measure_one(self, server: Server, scenario: str, rep: int) -> Run:
         run = Run(server.name, scenario, rep + 1)
@@ -952,6 +1023,9 @@ def summarize(bench: Bench) -> dict[str, dict[str, dict[str, Any]]]:
         for row in rows.values():
             cpu = row.get("cpu_us_per_request")
             row["x_floor"] = round(cpu / floor, 2) if cpu and floor else None
+        for name, row in rows.items():
+            if name + BASE in rows:
+                row.update(after_before(bench.runs, scenario, name, row, rows[name + BASE]))
         if scenario == "poll-idle":
             answered = out.get("poll", {})
             for name, row in rows.items():
@@ -960,6 +1034,32 @@ def summarize(bench: Bench) -> dict[str, dict[str, dict[str, Any]]]:
                 row["x_answered_poll"] = round(cpu / base, 2) if cpu and base else None
         out[scenario] = rows
     return out
+
+
+def after_before(
+    runs: list[Run], scenario: str, name: str, row: dict[str, Any], twin: dict[str, Any]
+) -> dict[str, Any]:
+    """pushsvc over its baseline twin: CPU per request (the medians') and requests/s, and
+    CPU per request repeat by repeat (the two ran next to each other)."""
+
+    def ratio(a: Any, b: Any, digits: int = 3) -> float | None:
+        return round(a / b, digits) if a and b else None
+
+    cpu: dict[tuple[str, int], float] = {
+        (r.server, r.repeat): r.figures["cpu_us_per_request"]
+        for r in runs
+        if r.scenario == scenario and r.figures.get("cpu_us_per_request")
+    }
+    paired = [
+        ratio(value, cpu.get((name + BASE, repeat)))
+        for (server, repeat), value in sorted(cpu.items(), key=lambda kv: kv[0][1])
+        if server == name
+    ]
+    return {
+        "after_before": ratio(row.get("cpu_us_per_request"), twin.get("cpu_us_per_request")),
+        "after_before_runs": [p for p in paired if p is not None],
+        "after_before_requests_per_s": ratio(row.get("requests_per_s"), twin.get("requests_per_s")),
+    }
 
 
 TITLES = {
@@ -976,7 +1076,10 @@ def markdown(meta: dict[str, Any], bench: Bench, summary: dict[str, Any]) -> str
     out += [f"- command: `{meta['command']}`"]
     keys = ("started", "finished", "pinning", "machine", "python", "git", "wrk")
     out += report.meta_lines(meta, keys)
-    out += [f"- pushsvc: {meta['pushsvc']}"]
+    out += [f"- pushsvc: {meta['pushsvc']}, {_commit(meta['pushsvc_checkout'])}"]
+    if meta.get("baseline"):
+        b = meta["baseline"]
+        out += [f"- baseline (`{BASE}` rows): {b['python']} in {b['root']}, {_commit(b)}"]
     out += [
         f"- load average at start / end: {meta['load_average_at_start']} / "
         f"{meta['load_average_at_end']}",
@@ -988,7 +1091,14 @@ def markdown(meta: dict[str, Any], bench: Bench, summary: dict[str, Any]) -> str
         + f"; {o.connections} connections ({o.idle_connections} for the idle poll). "
         "*CPU µs/request*: CPU time of the server's processes (Redis's included for "
         f"pushsvc-redis) during the wrk run over the requests wrk completed; *{TIMES} floor*: that "
-        "over the floor's in the same scenario of this run.",
+        "over the floor's in the same scenario of this run."
+        + (
+            f" *after/before*: a pushsvc server's CPU µs/request over its `{BASE}` twin's (the "
+            "same server run from the baseline checkout, measured in turn with the others in "
+            "this run); below 1 the change saves CPU."
+            if o.baseline_root is not None
+            else ""
+        ),
         "",
     ]
     for scenario in bench.scenarios:
@@ -998,7 +1108,10 @@ def markdown(meta: dict[str, Any], bench: Bench, summary: dict[str, Any]) -> str
         head = ["server", "requests/s", "CPU µs/request"]
         if scenario == "batch":
             head.append("CPU µs/message")
-        head += [f"{TIMES} floor", "notes"]
+        head.append(f"{TIMES} floor")
+        if o.baseline_root is not None:
+            head.append("after/before")
+        head.append("notes")
         body = []
         for server in bench.servers:
             if server.error is not None:
@@ -1009,7 +1122,7 @@ def markdown(meta: dict[str, Any], bench: Bench, summary: dict[str, Any]) -> str
                 why = bench.skipped.get(scenario, {}).get(server.name, "not run")
                 body.append([server.name, "—", "—"] + ["—"] * (len(head) - 4) + [why])
                 continue
-            body.append(_row(server.name, row, scenario))
+            body.append(_row(server.name, row, scenario, o.baseline_root is not None))
         out += [*report.markdown_table(head, body), ""]
     out += _footer(bench)
     return "\n".join(out) + "\n"
@@ -1019,8 +1132,17 @@ def _num(value: Any, digits: int = 1) -> str:
     return "—" if value is None else f"{value:,.{digits}f}"
 
 
-def _row(name: str, row: dict[str, Any], scenario: str) -> list[str]:
+def _commit(checkout: dict[str, Any]) -> str:
+    if not checkout.get("commit"):
+        return "not a git checkout"
+    return f"git {checkout['commit']}" + (" (dirty)" if checkout.get("dirty") else "")
+
+
+def _row(name: str, row: dict[str, Any], scenario: str, baseline: bool) -> list[str]:
     notes = []
+    if len(row.get("after_before_runs") or ()) > 1:
+        paired = row["after_before_runs"]
+        notes.append(f"after/before by repeat {min(paired):.2f} to {max(paired):.2f}")
     if row.get("redis_cpu_us_per_request") is not None:
         notes.append(
             f"app {_num(row['app_cpu_us_per_request'])} + Redis "
@@ -1036,7 +1158,11 @@ def _row(name: str, row: dict[str, Any], scenario: str) -> list[str]:
     cells = [name, _num(row["requests_per_s"], 0), _num(row["cpu_us_per_request"])]
     if scenario == "batch":
         cells.append(_num(row["cpu_us_per_message"], 2))
-    cells += ["—" if row["x_floor"] is None else f"{row['x_floor']:.2f}", "; ".join(notes)]
+    cells.append("—" if row["x_floor"] is None else f"{row['x_floor']:.2f}")
+    if baseline:
+        ratio = row.get("after_before")
+        cells.append("—" if ratio is None else f"**{ratio:.2f}**")
+    cells.append("; ".join(notes))
     return cells
 
 
@@ -1129,6 +1255,19 @@ def _default_root(python: str) -> Path:
     "--pushsvc-python venv's checkout, else this one.",
 )
 @click.option(
+    "--baseline-root",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="Another checkout (before the change): pushsvc-memory and pushsvc-redis each get a "
+    f"twin run from it, NAME{BASE}, measured in turn with the others, and an after/before "
+    "column.",
+)
+@click.option(
+    "--baseline-python",
+    show_default="--pushsvc-python",
+    help="The interpreter that runs the baseline's `-m pushsvc serve` (its cwd and "
+    "PYTHONPATH are --baseline-root).",
+)
+@click.option(
     "--wrk", default=lambda: shutil.which("wrk") or "/usr/bin/wrk", show_default="wrk on PATH"
 )
 @click.option("--no-pin", is_flag=True, help="Do not pin servers and wrk to cores.")
@@ -1143,6 +1282,19 @@ def main(**params: Any) -> None:
     """The request path: wrk against pushsvc, the floor, Starlette and Nchan, one table."""
     names = _names(params["servers"], SERVERS, "--servers")
     scenarios = _names(params["scenarios"], SCENARIOS, "--scenarios")
+    baseline_root: Path | None = params["baseline_root"]
+    if baseline_root is not None:
+        baseline_root = baseline_root.absolute()
+        if not (baseline_root / "pushsvc" / "__init__.py").exists():
+            raise click.BadParameter("not a pushsvc checkout", param_hint="--baseline-root")
+        if not any(n.startswith("pushsvc-") for n in names):
+            raise click.BadParameter(
+                "a baseline needs pushsvc-memory or pushsvc-redis", param_hint="--servers"
+            )
+        # each pushsvc server's twin right after it
+        names = [m for n in names for m in ([n, n + BASE] if n.startswith("pushsvc-") else [n])]
+    elif params["baseline_python"]:
+        raise click.BadParameter("needs --baseline-root", param_hint="--baseline-python")
     if not os.access(params["wrk"], os.X_OK):
         raise click.UsageError(f"wrk not found ({params['wrk']}): apt-get install wrk")
     out_dir: Path = params["out_dir"].absolute()
@@ -1165,6 +1317,8 @@ def main(**params: Any) -> None:
         pin_server=cores[0] if pin else None,
         pin_gen=cores[1] if pin else None,
         out=out_dir,
+        baseline_python=(params["baseline_python"] or python) if baseline_root else None,
+        baseline_root=baseline_root,
     )
     if "poll-idle" in scenarios:
         period = max(opts.idle_timeout, nchan_idle_seconds(opts.idle_timeout) * ("nchan" in names))
@@ -1206,6 +1360,12 @@ def _meta(opts: Options) -> dict[str, Any]:
         "git": report.git_describe(),
         "wrk": _run([opts.wrk, "--version"]).splitlines()[0],
         "pushsvc": f"{opts.pushsvc_python} in {opts.pushsvc_root}",
+        "pushsvc_checkout": checkout(opts.pushsvc_python, opts.pushsvc_root),
+        "baseline": (
+            checkout(opts.baseline_python or opts.pushsvc_python, opts.baseline_root)
+            if opts.baseline_root is not None
+            else None
+        ),
         "load_average_at_start": report.load_average(),
         "message_bytes": len(MESSAGE),
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()},
