@@ -28,7 +28,7 @@ from pushsvc.auth import Authenticator
 from pushsvc.backends import Retention, open_backend
 from pushsvc.exceptions import PushError
 from pushsvc.hub import Hub
-from pushsvc.logs import install_redaction
+from pushsvc.logs import hand_off, install_redaction
 from pushsvc.metrics import Metrics, metrics_endpoint
 from pushsvc.problems import http_error_handler, push_error_handler, unexpected_error_handler
 from pushsvc.ratelimit import RateLimiter
@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     metrics = Metrics(backend, settings)
     hub = Hub(backend, settings, metrics)
     routes = [
-        Route("/v1/publish", api.publish, methods=["POST"]),
+        Route("/v1/publish", api.PublishEndpoint(), methods=["POST"]),
         Route("/v1/negotiate", api.negotiate, methods=["POST"]),
         Route("/v1/sse", sse_endpoint, methods=["GET"]),
         Route("/v1/poll", PollTransport(), methods=["GET"]),
@@ -122,19 +122,21 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
 
 class PushApp(Starlette):
-    """Starlette, with the subscription endpoints dispatched before the middleware stack.
+    """Starlette, with the subscription endpoints and the publish dispatched before the
+    middleware stack.
 
     A WebSocket, an SSE stream or a pending long-poll otherwise keeps a frame of every
     middleware and of the router alive for as long as it is open (2-3 KB each), and a
-    poll request pays for the whole stack each time. None of them needs it: the
-    transports answer their own errors (problem bodies, close codes). SSE and long-poll
-    go through the stack when CORS is configured, which they need; every other request
-    takes the normal route."""
+    poll or a publish pays for the whole stack each time (about half of a publish's
+    CPU). None of them needs it: they answer their own errors (problem bodies, close
+    codes). SSE, long-poll and publish go through the stack when CORS is configured,
+    which they need; every other request takes the normal route."""
 
     direct_http = True
-    _direct_get: dict[str, ASGIApp] = {
-        "/v1/sse": functools.partial(serve_endpoint, sse_endpoint),
-        "/v1/poll": serve_poll,
+    _direct: dict[tuple[str, str], ASGIApp] = {
+        ("GET", "/v1/sse"): functools.partial(serve_endpoint, sse_endpoint),
+        ("GET", "/v1/poll"): serve_poll,
+        ("POST", "/v1/publish"): api.PublishEndpoint(),
     }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -144,8 +146,8 @@ class PushApp(Starlette):
                 scope["app"] = self
                 await serve_websocket(scope, receive, send)
                 return
-        elif kind == "http" and self.direct_http and scope["method"] == "GET":
-            endpoint = self._direct_get.get(_route_path(scope))
+        elif kind == "http" and self.direct_http:
+            endpoint = self._direct.get((scope["method"], _route_path(scope)))
             if endpoint is not None:
                 scope["app"] = self
                 await endpoint(scope, receive, send)
@@ -178,5 +180,8 @@ def _static_route(name: str, media_type: str) -> Route:
 
 
 def app_from_env() -> Starlette:
-    """Factory for ``uvicorn --factory pushsvc.app:app_from_env`` (and ``--workers``)."""
+    """Factory for ``uvicorn --factory pushsvc.app:app_from_env`` (and ``--workers``):
+    called once uvicorn has set its logging up, it puts the log writes on a thread
+    (``pushsvc.logs.hand_off``), as ``pushsvc.server.run`` does."""
+    hand_off()
     return create_app(Settings.from_env())

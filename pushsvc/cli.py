@@ -177,6 +177,12 @@ def main() -> None:
     help="Seconds to wait for open connections at shutdown before cancelling them.",
 )
 @click.option(
+    "--access-log/--no-access-log",
+    default=None,
+    envvar="PUSHSVC_ACCESS_LOG",
+    help="One log line per HTTP request (off: the proxy in front logs requests).",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -195,6 +201,7 @@ def serve(
     heartbeat_interval: float | None,
     ws_compression: bool | None,
     graceful_timeout: float,
+    access_log: bool | None,
     log_level: str,
 ) -> None:
     """Run the server (uvicorn).
@@ -220,6 +227,7 @@ def serve(
             cors_origins=_nonempty(cors_origins),
             heartbeat_interval=heartbeat_interval,
             ws_compression=ws_compression,
+            access_log=access_log,
         )
     except (ConfigError, TypeError, ValueError) as exc:
         raise click.UsageError(str(exc)) from exc

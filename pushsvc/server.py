@@ -91,6 +91,7 @@ from websockets.extensions.permessage_deflate import (
 from websockets.protocol import State
 from websockets.typing import ExtensionParameter
 
+from pushsvc import logs
 from pushsvc.protocol.asgi_extensions import WRITE_FRAMES, WRITE_TEXTS
 from pushsvc.protocol.deflate import CLIENT_MAX_WINDOW_BITS, SERVER_WINDOW_BITS
 from pushsvc.settings import Settings
@@ -487,6 +488,7 @@ def uvicorn_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "http": http,
         "ws_per_message_deflate": settings.ws_compression,
         "ws_max_size": settings.max_frame_bytes,
+        "access_log": settings.access_log,
     }
     options.update(overrides)
     return options
@@ -529,5 +531,6 @@ def run(
     if hub is None:
         hub = app.state.hub  # type: ignore[attr-defined]
     server = GracefulServer(config(app, settings, **overrides), hub)
+    logs.hand_off()  # after uvicorn's Config set its handlers up
     server.run()
     return bool(server.started)

@@ -30,6 +30,9 @@ class Settings:
     # CORS for SSE, long-poll, publish, negotiate and history (starlette's CORSMiddleware).
     cors_origins: tuple[str, ...] = ()
     cors_allow_credentials: bool = False
+    # One log line per HTTP request (uvicorn's access log). Off: the proxy in front logs
+    # requests, and a push service's requests are mostly publishes and polls.
+    access_log: bool = False
 
     # Retention of each channel's log.
     retention_max_len: int = 10_000
@@ -179,6 +182,9 @@ DESCRIPTIONS: dict[str, str] = {
     "(plus clients that send no Origin); `*`: any.",
     "cors_origins": "Origins allowed by CORS on SSE, long-poll, publish, negotiate, history.",
     "cors_allow_credentials": "Send `Access-Control-Allow-Credentials: true` to CORS origins.",
+    "access_log": "One log line per HTTP request (uvicorn's access log, `--access-log`); off by "
+    "default, as the proxy in front logs requests. Written from a background thread; "
+    "credentials in query strings are redacted (docs/how-to/monitor.md).",
     "retention_max_len": "Events kept per channel (at least this many when approximate).",
     "retention_max_age": "Seconds an event is kept; trimmed when the channel is next written. "
     "A channel with no event for this long (+1 s) is dropped whole (Redis keys expire).",

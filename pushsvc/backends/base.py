@@ -93,9 +93,11 @@ class Retention:
     presence_ttl: float = 15.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Message:
-    """One message to append."""
+    """One message to append. (Not frozen: a frozen dataclass's ``__init__`` sets each
+    field through ``object.__setattr__``, four times the cost, and a batch publish
+    builds one per message.)"""
 
     channel: str
     name: str

@@ -140,14 +140,15 @@ class MemoryBackend(Backend):
             return None
         return log
 
-    def _next_id(self, log: _Log) -> StreamId:
-        ms = int(time.time() * 1000)
+    def _next_id(self, log: _Log, ms: int) -> StreamId:
         last_ms, last_seq = log.last
         return (ms, 0) if ms > last_ms else (last_ms, last_seq + 1)
 
     async def append_many(self, messages: Sequence[Message]) -> list[Event]:
         out: list[Event] = []
         now = time.monotonic()
+        now_ms = int(time.time() * 1000)
+        oldest_ms = now_ms - int(self.retention.max_age * 1000)  # kept from here on
         self.sweep(SWEEP_ON_APPEND)
         for m in messages:
             log = self._log(m.channel)
@@ -156,7 +157,7 @@ class MemoryBackend(Backend):
                 if seen is not None and seen[0] > now:
                     out.append(seen[1])
                     continue
-            event = Event(m.channel, self._next_id(log), m.name, m.data, m.binary)
+            event = Event(m.channel, self._next_id(log, now_ms), m.name, m.data, m.binary)
             log.last = event.id
             log.events.append(event)
             log.ids.append(event.id)
@@ -165,7 +166,7 @@ class MemoryBackend(Backend):
                 log.idem[m.idempotency_key] = (log.idem_until, event)
                 if len(log.idem) > 2 * self.retention.max_len:
                     self._expire_idem(log, now)
-            self._trim(log)
+            self._trim(log, oldest_ms)
             out.append(event)
             if self._sink is not None and m.channel in self._listening:
                 self._sink(event)
@@ -175,9 +176,9 @@ class MemoryBackend(Backend):
         for key in [k for k, (exp, _) in log.idem.items() if exp <= now]:
             del log.idem[key]
 
-    def _trim(self, log: _Log) -> None:
-        min_ms = int((time.time() - self.retention.max_age) * 1000)
-        while log.events and (len(log.events) > self.retention.max_len or log.ids[0][0] < min_ms):
+    def _trim(self, log: _Log, oldest_ms: int) -> None:
+        max_len = self.retention.max_len
+        while log.events and (len(log.events) > max_len or log.ids[0][0] < oldest_ms):
             log.events.popleft()
             log.max_deleted = log.ids.popleft()
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import json
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -55,14 +54,25 @@ class LimitSettings(Protocol):
     def max_publish_bytes(self) -> int: ...
 
 
-@functools.lru_cache(maxsize=16)
+# settings object's id -> (that object, its limits): looked up per publish, so by identity
+# (hashing a frozen dataclass hashes all of its fields, on every call)
+_LIMITS: dict[int, tuple[LimitSettings, Limits]] = {}
+
+
 def limits_from(settings: LimitSettings) -> Limits:
-    return Limits(
+    cached = _LIMITS.get(id(settings))
+    if cached is not None and cached[0] is settings:
+        return cached[1]
+    limits = Limits(
         max_channels=settings.max_channels_per_session,
         max_channel_length=settings.max_channel_length,
         max_event_name_length=settings.max_event_name_length,
         max_payload_bytes=settings.max_publish_bytes,
     )
+    if len(_LIMITS) >= 16:
+        _LIMITS.clear()
+    _LIMITS[id(settings)] = (settings, limits)
+    return limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +88,7 @@ class Unsubscribe:
     channels: list[str]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per published message (backends.base.Message)
 class Publish:
     id: str | None  # WebSocket: the client message id; HTTP: the idempotency_key, if any
     channel: str

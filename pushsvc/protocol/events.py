@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from json import encoder as _json_encoder
 from typing import Any
 
 from pushsvc.protocol import cursor as cursor_codec
@@ -75,8 +77,35 @@ class Gap:
     until: StreamId
 
 
+def compact_json(*, ensure_ascii: bool) -> Callable[[Any], str]:
+    """``json.dumps(value, separators=(",", ":"), ensure_ascii=…)``, with the C encoder
+    built once rather than on every call (``json.dumps`` with any non-default argument
+    builds a ``JSONEncoder`` and its C encoder each time: two thirds of its cost on a
+    small message, which a publish pays per message). The same output; no circular
+    reference check (a value parsed from JSON or built by pushsvc has no cycle; a cycle
+    ends in ``RecursionError`` rather than ``ValueError``)."""
+    fallback = json.JSONEncoder(separators=(",", ":"), ensure_ascii=ensure_ascii)
+    make = getattr(_json_encoder, "c_make_encoder", None)
+    if make is None:  # no C accelerator (PyPy, or a build without _json)
+        return fallback.encode
+    strings = (
+        _json_encoder.encode_basestring_ascii if ensure_ascii else _json_encoder.encode_basestring
+    )
+    encode = make(None, fallback.default, strings, None, ":", ",", False, False, True)
+
+    def dumps(value: Any) -> str:
+        return "".join(encode(value, 0))
+
+    return dumps
+
+
+_dumps = compact_json(ensure_ascii=False)
+
+
 def dump_json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    """Compact JSON as UTF-8: ``json.dumps(value, separators=(",", ":"),
+    ensure_ascii=False).encode()``."""
+    return _dumps(value).encode()
 
 
 def payload_json(event: Event) -> bytes:

@@ -27,7 +27,7 @@ import json
 from typing import Any
 
 from pushsvc.protocol import cursor as cursor_codec
-from pushsvc.protocol.events import Event, Gap, dump_json, payload_json
+from pushsvc.protocol.events import Event, Gap, compact_json, dump_json, payload_json
 from pushsvc.protocol.ids import StreamId, format_id
 from pushsvc.protocol.presence import PresenceDiff, PresenceSnapshot
 
@@ -103,8 +103,11 @@ def _ws_binary(event: Event, cursor: str | None) -> bytes:
     )
 
 
+_control_json = compact_json(ensure_ascii=True)
+
+
 def ws_control(kind: str, **fields: Any) -> str:
-    return json.dumps({"type": kind, **fields}, separators=(",", ":"))
+    return _control_json({"type": kind, **fields})
 
 
 def ws_gap(gap: Gap, cursor: str) -> str:

@@ -4,6 +4,7 @@ a plain ASGI app."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote_plus
@@ -15,8 +16,21 @@ from starlette.types import Receive, Scope, Send
 from pushsvc.auth import Authenticator
 from pushsvc.exceptions import PushError
 from pushsvc.hub import Hub
-from pushsvc.problems import push_error_handler, unexpected_error_handler
+from pushsvc.problems import (
+    internal_error_response,
+    problem_response,
+    push_error_handler,
+    unexpected_error_handler,
+)
 from pushsvc.settings import Settings
+
+log = logging.getLogger("pushsvc")
+
+_JSON_HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request was read: nothing is answered."""
 
 
 def state(scope: Any) -> tuple[Settings, Hub, Authenticator]:
@@ -41,6 +55,39 @@ async def serve_endpoint(
         response = await unexpected_error_handler(request, exc)
     del request  # not kept alive by this frame while a stream is open
     await response(scope, receive, send)
+
+
+async def answer_json(
+    handler: Callable[[Scope, Receive], Awaitable[bytes]],
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+) -> None:
+    """Answer a request with the JSON body ``handler`` returns, or with the problem body
+    of the error it raises (counted in the metrics, as the app's exception handlers do),
+    as a plain ASGI app: the request path without Starlette's request, response and
+    middleware objects."""
+    try:
+        body = await handler(scope, receive)
+    except ClientGone:
+        return
+    except PushError as exc:
+        scope["app"].state.metrics.error(exc)
+        await problem_response(exc)(scope, receive, send)
+        return
+    except Exception:
+        log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+        scope["app"].state.metrics.rejected(500, "internal-error")
+        await internal_error_response()(scope, receive, send)
+        return
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [*_JSON_HEADERS, (b"content-length", b"%d" % len(body))],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 class Query(dict[str, list[str]]):

@@ -23,17 +23,14 @@ from typing import Any, cast
 
 from starlette.types import Receive, Scope, Send
 
-from pushsvc.exceptions import BadRequest, PushError
-from pushsvc.problems import internal_error_response, problem_response
+from pushsvc.exceptions import BadRequest
 from pushsvc.protocol import frames
 from pushsvc.protocol.wires import PollWire
 from pushsvc.session import Session
 from pushsvc.transports.admission import open_request
-from pushsvc.transports.asgi import ScopeHeaders, query_from, state
+from pushsvc.transports.asgi import ScopeHeaders, answer_json, query_from, state
 
 log = logging.getLogger("pushsvc.poll")
-
-_JSON_HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
 
 
 class PollTransport:
@@ -46,24 +43,7 @@ class PollTransport:
 
 async def serve_poll(scope: Scope, receive: Receive, send: Send) -> None:
     """Answer one poll; errors are answered with problem bodies (as the app's handlers)."""
-    try:
-        body = await _poll(scope, receive)
-    except PushError as exc:
-        scope["app"].state.metrics.error(exc)
-        await problem_response(exc)(scope, receive, send)
-        return
-    except Exception:
-        log.exception("unhandled error on GET %s", scope.get("path"))
-        await internal_error_response()(scope, receive, send)
-        return
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await answer_json(_poll, scope, receive, send)
 
 
 async def _poll(scope: Scope, receive: Receive) -> bytes:
