@@ -10,6 +10,7 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -428,8 +429,14 @@ async def test_a_flushed_script_cache_is_reloaded(backend: Backend, backend_url:
         await r.script_flush()
     finally:
         await r.aclose()
-    events = await backend.append_many([msg("c", 2), msg("c", 3)])
-    assert first.id < events[0].id < events[1].id
+    # several channels in one batch: one script call per channel, answered in input order
+    events = await backend.append_many([msg("c", 2), msg("d", 1), msg("c", 3)])
+    assert [(e.channel, e.data) for e in events] == [
+        ("c", b'{"n":2}'),
+        ("d", b'{"n":1}'),
+        ("c", b'{"n":3}'),
+    ]
+    assert first.id < events[0].id < events[2].id
     assert len(await read_all(backend, "c")) == 3
 
 
@@ -656,3 +663,60 @@ async def test_events_trimmed_while_the_listener_was_away_come_as_a_gap(
     assert gaps == [Gap("trim", seen[0].id, missed[-6].id)]
     assert received.ids("trim") == [e.id for e in seen + missed[-5:]]
     assert listener.listener_status().reconnects >= 1
+
+
+async def test_a_batch_across_channels_answers_in_order_and_dedupes_per_channel(
+    backend: Backend,
+) -> None:
+    received = Received(backend)
+    for c in ("a", "b"):
+        await backend.listen(c)
+    batch = [
+        msg("a", 1, idempotency_key="k"),
+        msg("b", 1, idempotency_key="k"),  # the same key on another channel: its own
+        msg("a", 2),
+        msg("b", 2, idempotency_key="k"),  # a repeat within the batch
+        msg("a", 3, idempotency_key="k"),
+    ]
+    events = await backend.append_many(batch)
+    assert [e.channel for e in events] == ["a", "b", "a", "b", "a"]
+    assert events[3].same_as(events[1]) and events[4].same_as(events[0])
+    assert events[0].id < events[2].id
+    assert [e.data for e in await read_all(backend, "a")] == [b'{"n":1}', b'{"n":2}']
+    assert [e.data for e in await read_all(backend, "b")] == [b'{"n":1}']
+    # the listeners got each stored event once, in order per channel
+    await until(received.count, check=lambda n: n == 3, what="three live events")
+    assert received.ids("a") == [events[0].id, events[2].id]
+    assert received.ids("b") == [events[1].id]
+
+
+@redis_only
+async def test_concurrent_appends_share_a_round_trip_and_keep_their_own_errors(
+    backend: Backend, backend_url: str
+) -> None:
+    assert isinstance(backend, RedisBackend)
+    r = aioredis.from_url(without_query(backend_url))
+    try:
+        await r.set(backend._stream_key("broken"), "not a stream")  # XADD: WRONGTYPE
+    finally:
+        await r.aclose()
+    pipelines = 0
+    real = backend._redis.pipeline
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal pipelines
+        pipelines += 1
+        return real(*args, **kwargs)
+
+    backend._redis.pipeline = counting  # type: ignore[method-assign]
+    results = await asyncio.gather(
+        backend.append(msg("fine", 1)),
+        backend.append(msg("broken", 1)),
+        backend.append_many([msg("fine", 2), msg("other", 1)]),
+        return_exceptions=True,
+    )
+    assert pipelines == 1  # four messages of three callers: one round trip
+    assert isinstance(results[1], BackendError) and "WRONGTYPE" in str(results[1])
+    first, (second, other) = results[0], results[2]
+    assert isinstance(first, Event) and first.id < second.id and other.channel == "other"
+    assert [e.data for e in await read_all(backend, "fine")] == [b'{"n":1}', b'{"n":2}']

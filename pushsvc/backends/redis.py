@@ -138,11 +138,14 @@ DEFAULT_POOL_TIMEOUT = 5.0
 # IDEM_BUCKETS + 1 fields.
 IDEM_BUCKETS = 4
 
-# KEYS[1] stream, KEYS[2] the channel's idempotency bucket prefix (optional).
-# ARGV: shard channel, event name, data, binary "1"/"0", max_len, slack, max_age ms,
-# idempotency ttl ms, idempotency field, stream expiry ms (0: none). Answers {id, 0} for a
-# new entry, {id, 1[, fields]} for a repeat (no fields when the original entry was trimmed
-# since).
+# One channel's messages, in order, in one call: KEYS[1] stream, KEYS[2] the channel's
+# idempotency bucket prefix (optional). ARGV: shard channel, max_len, slack, max_age ms,
+# idempotency ttl ms, stream expiry ms (0: none), then four per message: event name,
+# data, binary "1"/"0", idempotency field ("" for none). Answers per message {id, 0} for
+# a new entry, {id, 1[, fields]} for a repeat (no fields when the original entry was
+# trimmed since). Each new entry is SPUBLISHed on its own (the listener's notification);
+# the trim, the expiry and XLEN run once per call: a batch of 100 messages on one channel
+# is one script call, not 100 (each call costs Redis about as much as the XADD itself).
 #
 # Redis records no trimmed IDs (max-deleted-entry-id follows XDEL only, not XTRIM or
 # MAXLEN), so the script picks the greatest ID to drop (by count, then by age), trims
@@ -162,39 +165,53 @@ APPEND_LUA = """
 local stream, idem = KEYS[1], KEYS[2]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local bucket_key, bucket_until
-if idem then
-  local ttl = tonumber(ARGV[8])
-  local width = math.max(1, math.floor(ttl / IDEM_BUCKETS))
-  local bucket = math.floor(now / width)
-  for b = bucket, bucket - IDEM_BUCKETS, -1 do
-    local prev = redis.call('HGET', idem .. string.format('%.0f', b), ARGV[9])
-    if prev then
-      if tonumber(string.match(prev, '^(%d+)')) + ttl > now then
-        local found = redis.call('XRANGE', stream, prev, prev)
-        if #found == 1 then return {prev, 1, found[1][2]} end
-        return {prev, 1}
+local ttl = tonumber(ARGV[5])
+local width = math.max(1, math.floor(ttl / IDEM_BUCKETS))
+local bucket = math.floor(now / width)
+local bucket_key = idem and (idem .. string.format('%.0f', bucket))
+local bucket_until = string.format('%.0f', (bucket + 1) * width + ttl)
+local out = {}
+local id
+for i = 7, #ARGV, 4 do
+  local name, data, binary, key = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local seen
+  if idem and key ~= '' then
+    for b = bucket, bucket - IDEM_BUCKETS, -1 do
+      local prev = redis.call('HGET', idem .. string.format('%.0f', b), key)
+      if prev then
+        if tonumber(string.match(prev, '^(%d+)')) + ttl > now then
+          local found = redis.call('XRANGE', stream, prev, prev)
+          if #found == 1 then seen = {prev, 1, found[1][2]} else seen = {prev, 1} end
+        end
+        break  -- an expired record: newer buckets hold none for this key
       end
-      break  -- an expired record: newer buckets hold none for this key
     end
   end
-  bucket_key = idem .. string.format('%.0f', bucket)
-  bucket_until = string.format('%.0f', (bucket + 1) * width + ttl)
+  if seen then
+    out[#out + 1] = seen
+  else
+    if binary == '1' then
+      id = redis.call('XADD', stream, '*', 'e', name, 'd', data, 'b', '1')
+    else
+      id = redis.call('XADD', stream, '*', 'e', name, 'd', data)
+    end
+    if idem and key ~= '' then
+      redis.call('HSET', bucket_key, key, id)
+      redis.call('PEXPIREAT', bucket_key, bucket_until)
+    end
+    redis.call('SPUBLISH', ARGV[1], id .. ' ' .. binary .. ' ' .. #name .. ' ' .. name .. data)
+    out[#out + 1] = {id, 0}
+  end
 end
-local id
-if ARGV[4] == '1' then
-  id = redis.call('XADD', stream, '*', 'e', ARGV[2], 'd', ARGV[3], 'b', '1')
-else
-  id = redis.call('XADD', stream, '*', 'e', ARGV[2], 'd', ARGV[3])
-end
+if not id then return out end
 local cut
-local max_len = tonumber(ARGV[5])
+local max_len = tonumber(ARGV[2])
 local len = redis.call('XLEN', stream)
-if len > max_len + tonumber(ARGV[6]) then
+if len > max_len + tonumber(ARGV[3]) then
   local old = redis.call('XRANGE', stream, '-', '+', 'COUNT', len - max_len)
   cut = old[#old][1]
 end
-local max_age = tonumber(ARGV[7])
+local max_age = tonumber(ARGV[4])
 if max_age > 0 then
   local min_ms = now - max_age
   local id_ms = tonumber(string.match(id, '^(%d+)'))
@@ -222,14 +239,8 @@ if cut then
   redis.call('XTRIM', stream, 'MINID', '=', cut)
   redis.call('XDEL', stream, cut)
 end
-if tonumber(ARGV[10]) > 0 then redis.call('PEXPIRE', stream, ARGV[10]) end
-if idem then
-  redis.call('HSET', bucket_key, ARGV[9], id)
-  redis.call('PEXPIREAT', bucket_key, bucket_until)
-end
-local note = id .. ' ' .. ARGV[4] .. ' ' .. #ARGV[2] .. ' ' .. ARGV[2] .. ARGV[3]
-redis.call('SPUBLISH', ARGV[1], note)
-return {id, 0}
+if tonumber(ARGV[6]) > 0 then redis.call('PEXPIRE', stream, ARGV[6]) end
+return out
 """.replace("IDEM_BUCKETS", str(IDEM_BUCKETS))
 
 # KEYS[1] stream. ARGV: first ID to answer (inclusive), count.
@@ -676,6 +687,9 @@ class RedisBackend(Backend):
         # the single node's link, or (cluster) the task that follows the slot map
         self._listener: asyncio.Task[None] | None = None
         self._closed = False
+        # appends waiting for the next round trip, and the round trips under way
+        self._appends: list[tuple[list[Message], asyncio.Future[Any]]] = []
+        self._flushes: set[asyncio.Task[None]] = set()
 
     # --- keys ------------------------------------------------------------------------
 
@@ -715,6 +729,9 @@ class RedisBackend(Backend):
 
     async def close(self) -> None:
         self._closed = True
+        await asyncio.sleep(0)  # appends queued this turn start their round trip
+        if self._flushes:  # appends under way finish (a publish is answered, not cut)
+            await asyncio.wait(set(self._flushes), timeout=5)
         for chan in self._channels.values():
             self._forget(chan)
         self._channels.clear()
@@ -731,62 +748,123 @@ class RedisBackend(Backend):
     # --- the log ---------------------------------------------------------------------
 
     async def append_many(self, messages: Sequence[Message]) -> list[Event]:
+        """Appends that arrive while the loop runs one batch of callbacks (several
+        publishes answered at once under load) share ONE pipelined round trip
+        (``_flush_appends``): redis-py's cost per round trip (the pool, the pipeline, its
+        timeouts) is most of a publish's CPU, and it is paid once. Each caller gets its own
+        answers or its own error; per-channel order is the order of the calls."""
         if not messages:
             return []
+        answer: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._appends.append((list(messages), answer))
+        if len(self._appends) == 1:  # the first of this batch: flush after the others
+            asyncio.get_running_loop().call_soon(self._flush_appends)
         with _wrapped("append"):
-            results = await self._append(list(messages))
+            results = await answer
         events = []
         for m, res in zip(messages, results, strict=True):
+            if isinstance(res, Exception):
+                with _wrapped("append"):
+                    raise res
             if len(res) == 3:
                 events.append(_event(m.channel, res[0], res[2]))
             else:  # new, or a repeat whose original was trimmed: same message by definition
                 events.append(Event(m.channel, _id(res[0]), m.name, m.data, m.binary))
         return events
 
-    async def _append(self, messages: list[Message]) -> list[list[Any]]:
-        """One pipelined round trip of EVALSHA, one per message, in order."""
+    def _flush_appends(self) -> None:
+        batch, self._appends = self._appends, []
+        task = asyncio.get_running_loop().create_task(self._append_batch(batch))
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def _append_batch(self, batch: list[tuple[list[Message], asyncio.Future[Any]]]) -> None:
+        try:
+            answers = await self._append([m for messages, _ in batch for m in messages])
+        except BaseException as exc:
+            for _, answer in batch:
+                if answer.done():
+                    continue
+                if isinstance(exc, Exception):
+                    answer.set_exception(exc)
+                else:
+                    answer.cancel()
+            if not isinstance(exc, Exception):
+                raise
+            return
+        start = 0
+        for messages, answer in batch:
+            if not answer.done():  # (a caller that went away)
+                answer.set_result(answers[start : start + len(messages)])
+            start += len(messages)
+
+    async def _append(self, messages: list[Message]) -> list[Any]:
+        """One pipelined round trip: one EVALSHA per channel with that channel's messages
+        in order; the answers in the order of ``messages`` (a failed channel's error in
+        place of each of its answers)."""
         r = self.retention
         slack = min(100, r.max_len // 10) if r.approximate else 0
         max_age_ms = max(0, int(r.max_age * 1000))
         idem_ttl_ms = max(1, int(r.idempotency_ttl * 1000))
         expiry_ms = max_age_ms + int(EXPIRY_MARGIN * 1000) if max_age_ms else 0
+        groups: dict[str, list[int]] = {}
+        for i, m in enumerate(messages):
+            groups.setdefault(m.channel, []).append(i)
+        calls = list(groups.items())
         sha = self._append_script.sha
         async with self._redis.pipeline(transaction=False) as pipe:
-            for m in messages:
-                keys = [self._stream_key(m.channel)]
-                if m.idempotency_key is not None:
-                    keys.append(self._idem_prefix(m.channel))
-                    idem_field = idempotency_field(m.idempotency_key)
-                pipe.execute_command(  # (a cluster pipeline has no evalsha method)
-                    "EVALSHA",
-                    sha,
-                    len(keys),
-                    *keys,
-                    self._shard_channel(m.channel),
-                    m.name,
-                    m.data,
-                    "1" if m.binary else "0",
+            for channel, indexes in calls:
+                keys = [self._stream_key(channel)]
+                args: list[Any] = [
+                    self._shard_channel(channel),
                     max(1, r.max_len),
                     slack,
                     max_age_ms,
                     idem_ttl_ms,
-                    idem_field if m.idempotency_key is not None else b"",
                     expiry_ms,
-                )
+                ]
+                for i in indexes:
+                    m = messages[i]
+                    key = m.idempotency_key
+                    if key is not None and len(keys) == 1:
+                        keys.append(self._idem_prefix(channel))
+                    args += (
+                        m.name,
+                        m.data,
+                        "1" if m.binary else "0",
+                        idempotency_field(key) if key is not None else b"",
+                    )
+                # (a cluster pipeline has no evalsha method)
+                pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
             results: list[Any] = await pipe.execute(raise_on_error=False)
-        return await self._redo_unloaded(
-            results, [APPEND_LUA], lambda redo: self._append([messages[i] for i in redo])
-        )
+
+        async def again(redo: list[int]) -> list[Any]:
+            """The calls ``redo`` made again: their answers, one list per call."""
+            flat = iter(await self._append([messages[i] for c in redo for i in calls[c][1]]))
+            return [[next(flat) for _ in calls[c][1]] for c in redo]
+
+        results = await self._redo_unloaded(results, [APPEND_LUA], again, raise_errors=False)
+        out: list[Any] = [[] for _ in messages]
+        for (_, indexes), answers in zip(calls, results, strict=True):
+            if isinstance(answers, Exception):  # that channel's call failed: its messages
+                for i in indexes:
+                    out[i] = answers
+                continue
+            for i, answer in zip(indexes, answers, strict=True):
+                out[i] = answer
+        return out
 
     async def _redo_unloaded(
         self,
         results: list[Any],
         scripts: Iterable[str | bytes | memoryview],
         redo: Callable[[list[int]], Awaitable[list[Any]]],
+        *,
+        raise_errors: bool = True,
     ) -> list[Any]:
         """The results of a pipeline of EVALSHA, those refused because the script cache
         was flushed (a restart, SCRIPT FLUSH) run again once ``scripts`` are loaded;
-        raise the first error left."""
+        raise the first error left (``raise_errors``), else leave each in its place."""
         missing = [i for i, res in enumerate(results) if isinstance(res, NoScriptError)]
         if missing:
             for script in scripts:
@@ -795,7 +873,7 @@ class RedisBackend(Backend):
             for i, res in zip(missing, again, strict=True):
                 results[i] = res
         for res in results:
-            if isinstance(res, Exception):
+            if isinstance(res, Exception) and raise_errors:
                 raise res
         return results
 
