@@ -141,11 +141,14 @@ IDEM_BUCKETS = 4
 # One channel's messages, in order, in one call: KEYS[1] stream, KEYS[2] the channel's
 # idempotency bucket prefix (optional). ARGV: shard channel, max_len, slack, max_age ms,
 # idempotency ttl ms, stream expiry ms (0: none), then four per message: event name,
-# data, binary "1"/"0", idempotency field ("" for none). Answers per message {id, 0} for
-# a new entry, {id, 1[, fields]} for a repeat (no fields when the original entry was
-# trimmed since). Each new entry is SPUBLISHed on its own (the listener's notification);
-# the trim, the expiry and XLEN run once per call: a batch of 100 messages on one channel
-# is one script call, not 100 (each call costs Redis about as much as the XADD itself).
+# data, binary "1"/"0", idempotency field ("" for none). Answers ONE string of the
+# messages' IDs, space-separated, then the fields of each repeat whose original is still
+# stored: "<id>" a new entry, "<id>!" a repeat (its original's fields follow, in order),
+# "<id>?" a repeat whose original was trimmed since. (One string rather than an array
+# per message: redis-py's parser costs about 1 µs per element it reads.) Each new entry
+# is SPUBLISHed on its own (the listener's notification); the trim, the expiry and XLEN
+# run once per call: a batch of 100 messages on one channel is one script call, not 100
+# (each call costs Redis about as much as the XADD itself).
 #
 # Redis records no trimmed IDs (max-deleted-entry-id follows XDEL only, not XTRIM or
 # MAXLEN), so the script picks the greatest ID to drop (by count, then by age), trims
@@ -170,7 +173,7 @@ local width = math.max(1, math.floor(ttl / IDEM_BUCKETS))
 local bucket = math.floor(now / width)
 local bucket_key = idem and (idem .. string.format('%.0f', bucket))
 local bucket_until = string.format('%.0f', (bucket + 1) * width + ttl)
-local out = {}
+local ids, out = {}, {''}
 local id
 for i = 7, #ARGV, 4 do
   local name, data, binary, key = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
@@ -181,14 +184,19 @@ for i = 7, #ARGV, 4 do
       if prev then
         if tonumber(string.match(prev, '^(%d+)')) + ttl > now then
           local found = redis.call('XRANGE', stream, prev, prev)
-          if #found == 1 then seen = {prev, 1, found[1][2]} else seen = {prev, 1} end
+          if #found == 1 then
+            seen = prev .. '!'
+            out[#out + 1] = found[1][2]
+          else
+            seen = prev .. '?'
+          end
         end
         break  -- an expired record: newer buckets hold none for this key
       end
     end
   end
   if seen then
-    out[#out + 1] = seen
+    ids[#ids + 1] = seen
   else
     if binary == '1' then
       id = redis.call('XADD', stream, '*', 'e', name, 'd', data, 'b', '1')
@@ -200,9 +208,10 @@ for i = 7, #ARGV, 4 do
       redis.call('PEXPIREAT', bucket_key, bucket_until)
     end
     redis.call('SPUBLISH', ARGV[1], id .. ' ' .. binary .. ' ' .. #name .. ' ' .. name .. data)
-    out[#out + 1] = {id, 0}
+    ids[#ids + 1] = id
   end
 end
+out[1] = table.concat(ids, ' ')
 if not id then return out end
 local cut
 local max_len = tonumber(ARGV[2])
@@ -568,6 +577,22 @@ def _presence_note(channel: str, payload: bytes) -> PresenceDiff:
     return PresenceDiff(channel, "leave", subject, info, int(count), int(seq))
 
 
+def _append_answers(reply: list[Any]) -> list[list[Any]]:
+    """``APPEND_LUA``'s reply, one answer per message: ``[id, 0]`` new,
+    ``[id, 1, fields]`` a repeat, ``[id, 1]`` a repeat whose original was trimmed."""
+    fields = iter(reply[1:])
+    answers: list[list[Any]] = []
+    for token in reply[0].split(b" "):
+        mark = token[-1:]
+        if mark == b"!":
+            answers.append([token[:-1], 1, next(fields)])
+        elif mark == b"?":
+            answers.append([token[:-1], 1])
+        else:
+            answers.append([token, 0])
+    return answers
+
+
 def _notification(channel: str, payload: bytes) -> Event:
     """Parse ``"<id> <binary> <len(name)> <name><data>"`` (see ``APPEND_LUA``)."""
     raw_id, binary, size, rest = payload.split(b" ", 3)
@@ -810,21 +835,33 @@ class RedisBackend(Backend):
         groups: dict[str, list[int]] = {}
         for i, m in enumerate(messages):
             groups.setdefault(m.channel, []).append(i)
-        calls = list(groups.items())
+        calls = [
+            (channel, [messages[i] for i in indexes], indexes)
+            for channel, indexes in groups.items()
+        ]
+        args = (max(1, r.max_len), slack, max_age_ms, idem_ttl_ms, expiry_ms)
+        results = await self._append_calls([c[:2] for c in calls], args)
+        out: list[Any] = [[] for _ in messages]
+        for (_, _, indexes), reply in zip(calls, results, strict=True):
+            if isinstance(reply, Exception):  # that channel's call failed: its messages
+                for i in indexes:
+                    out[i] = reply
+                continue
+            for i, answer in zip(indexes, _append_answers(reply), strict=True):
+                out[i] = answer
+        return out
+
+    async def _append_calls(
+        self, calls: list[tuple[str, list[Message]]], settings: tuple[int, ...]
+    ) -> list[Any]:
+        """``APPEND_LUA`` once per (channel, its messages), pipelined: the replies, or
+        each call's error; calls refused for a flushed script cache are made again."""
         sha = self._append_script.sha
         async with self._redis.pipeline(transaction=False) as pipe:
-            for channel, indexes in calls:
+            for channel, messages in calls:
                 keys = [self._stream_key(channel)]
-                args: list[Any] = [
-                    self._shard_channel(channel),
-                    max(1, r.max_len),
-                    slack,
-                    max_age_ms,
-                    idem_ttl_ms,
-                    expiry_ms,
-                ]
-                for i in indexes:
-                    m = messages[i]
+                args: list[Any] = [self._shard_channel(channel), *settings]
+                for m in messages:
                     key = m.idempotency_key
                     if key is not None and len(keys) == 1:
                         keys.append(self._idem_prefix(channel))
@@ -837,22 +874,12 @@ class RedisBackend(Backend):
                 # (a cluster pipeline has no evalsha method)
                 pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
             results: list[Any] = await pipe.execute(raise_on_error=False)
-
-        async def again(redo: list[int]) -> list[Any]:
-            """The calls ``redo`` made again: their answers, one list per call."""
-            flat = iter(await self._append([messages[i] for c in redo for i in calls[c][1]]))
-            return [[next(flat) for _ in calls[c][1]] for c in redo]
-
-        results = await self._redo_unloaded(results, [APPEND_LUA], again, raise_errors=False)
-        out: list[Any] = [[] for _ in messages]
-        for (_, indexes), answers in zip(calls, results, strict=True):
-            if isinstance(answers, Exception):  # that channel's call failed: its messages
-                for i in indexes:
-                    out[i] = answers
-                continue
-            for i, answer in zip(indexes, answers, strict=True):
-                out[i] = answer
-        return out
+        return await self._redo_unloaded(
+            results,
+            [APPEND_LUA],
+            lambda redo: self._append_calls([calls[c] for c in redo], settings),
+            raise_errors=False,
+        )
 
     async def _redo_unloaded(
         self,
