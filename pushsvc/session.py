@@ -159,11 +159,14 @@ class Session(SessionCore):
         for c in new:
             if self.bounded_replay and self.batch_full():
                 break
-            await self._catch_up(c)
+            await self.replay_log(c)
             if positions.get(c) is not None:
                 self.metrics.resumed(self, c)
 
-    async def _catch_up(self, channel: str) -> None:
+    async def replay_log(self, channel: str) -> None:
+        """Replay what the log holds after ``channel``'s position, then let its buffered
+        live events through (``catch_up``; alone, by a long-poll that answers from the
+        log without listening live: ``pushsvc.transports.longpoll``)."""
         pos = self.channels.get(channel)
         if pos is None:
             return

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import threading
 
 import httpx
 import pytest
@@ -118,3 +119,39 @@ async def test_poll_errors_are_problem_bodies(server: Server) -> None:
         assert r.status_code == 200 and r.headers["cache-control"] == "no-store"
         assert r.json()["events"] == [] and r.json()["cursor"].startswith("c1")
     await asyncio.sleep(0)
+
+
+def test_a_poll_behind_the_log_is_answered_from_it_and_a_caught_up_one_waits_live(
+    server: Server,
+) -> None:
+    """Both ways a poll answers: from the log alone when its cursor is behind (several
+    channels, a batch bounded by the history page), and live when it is caught up."""
+    auth = {"Authorization": f"Bearer {server.token()}"}
+
+    def poll(**params: object) -> dict[str, object]:
+        r = httpx.get(server.url + "/v1/poll", params=params, headers=auth, timeout=30)
+        assert r.status_code == 200, r.text
+        body: dict[str, object] = r.json()
+        return body
+
+    start = poll(channel=["lp-a", "lp-b"], timeout=0)["cursor"]
+    ids = [server.publish("lp-a", {"n": n}) for n in range(3)]
+    # behind on lp-a, caught up on lp-b: answered with lp-a's events, the cursor for both
+    behind = poll(channel=["lp-a", "lp-b"], cursor=start, timeout=20)
+    assert [e["id"] for e in behind["events"]] == ids  # type: ignore[index,union-attr]
+    again = poll(channel=["lp-a", "lp-b"], cursor=behind["cursor"], timeout=0)
+    assert again["events"] == []
+    # caught up: it waits, and gets what is published meanwhile (here, on lp-b)
+    with httpx.Client(timeout=30) as client:
+        live: list[httpx.Response] = []
+        params = {"channel": ["lp-a", "lp-b"], "cursor": behind["cursor"], "timeout": 20}
+
+        def waiting() -> None:
+            live.append(client.get(server.url + "/v1/poll", params=params, headers=auth))
+
+        t = threading.Thread(target=waiting)
+        t.start()
+        until_sync(lambda: open_poll_count(server) >= 1, what="the poll waiting live")
+        late = server.publish("lp-b", {"n": "late"})
+        t.join(30)
+    assert [e["id"] for e in live[0].json()["events"]] == [late]
