@@ -316,7 +316,19 @@ class Hub:
         subs = self._subs.get(event.channel)
         if subs:
             frames: dict[type[Wire], Frame] = {}  # encoded once per wire for all sessions
-            for session in tuple(subs):
+            sessions = tuple(subs)
+            if self._flushing or len(sessions) <= FLUSH_CHUNK:
+                for session in sessions:
+                    session.on_live(event, frames)
+                return
+            # Nothing waits to be written (a light load): the first chunk is written as
+            # soon as it is queued, before the rest is dispatched, so that the first
+            # subscribers do not wait for a whole large fan-out. Under load a flush pass
+            # is pending and this is not done: events coalesce as before.
+            for session in sessions[:FLUSH_CHUNK]:
+                session.on_live(event, frames)
+            self._flush()
+            for session in sessions[FLUSH_CHUNK:]:
                 session.on_live(event, frames)
 
     def _dispatch_gap(self, gap: Gap) -> None:

@@ -202,3 +202,28 @@ async def test_frames_of_every_length_encoding_arrive_intact(server: Server) -> 
                             got.append(frame["data"])
             assert [d["n"] for d in got] == list(range(len(sizes)))
             assert [len(d["pad"]) for d in got] == sizes
+
+
+async def test_a_large_fan_out_at_light_load_reaches_everyone_once_in_order(
+    server: Server,
+) -> None:
+    """More subscribers than one flush chunk (``hub.FLUSH_CHUNK``): with nothing waiting
+    to be written, the hub writes the first chunk before dispatching the rest; every
+    subscriber still gets every event once, in order, whether events come one at a time
+    (light load) or in batches (a flush pass pending)."""
+    from pushsvc.hub import FLUSH_CHUNK
+
+    n = FLUSH_CHUNK * 2 + 10
+    token = server.token()
+    sockets = [await websockets.connect(f"{server.ws_url}/v1/ws?token={token}") for _ in range(n)]
+    try:
+        for ws in sockets:
+            await subscribed(ws, "fan-light")
+        for i in range(10):  # one at a time: each publish answered before the next
+            await asyncio.to_thread(publish_batch, server, "fan-light", i, 1)
+        await asyncio.to_thread(publish_batch, server, "fan-light", 10, 20)
+        got = await asyncio.gather(*(events_of(ws, 30, split=False) for ws in sockets))
+    finally:
+        for ws in sockets:
+            await ws.close()
+    assert all(seen == list(range(30)) for seen, _ in got)
