@@ -993,7 +993,7 @@ class Bench:
         if not self.dialect.is_pushsvc:
             return "none (the peer checks no token)"
         if self.mint is None:
-            return "one shared token, checked on every handshake"
+            return "one shared token (verified once, then from the server's cache)"
         return "one per connection, each checked"
 
     # --- storm -----------------------------------------------------------------------------
@@ -1146,7 +1146,8 @@ class Bench:
                     except (OSError, TimeoutError) as exc:
                         sub.close()
                         storm.attempts_failed += 1
-                        storm.errors[f"{type(exc).__name__}: {exc}"[:120]] += 1
+                        why = str(exc) or "not subscribed within the attempt's timeout"
+                        storm.errors[f"{type(exc).__name__}: {why}"[:120]] += 1
                         if time.monotonic() >= storm.deadline:
                             break
                         await asyncio.sleep(0.1 * (attempt + 1))
