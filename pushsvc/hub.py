@@ -324,10 +324,11 @@ class Hub:
             # Nothing waits to be written (a light load): the first chunk is written as
             # soon as it is queued, before the rest is dispatched, so that the first
             # subscribers do not wait for a whole large fan-out. Under load a flush pass
-            # is pending and this is not done: events coalesce as before.
+            # is pending and this is not done: events coalesce as before. (The pass that
+            # the first chunk scheduled writes the rest: one pass, as ever.)
             for session in sessions[:FLUSH_CHUNK]:
                 session.on_live(event, frames)
-            self._flush()
+            self._write(FLUSH_CHUNK)
             for session in sessions[FLUSH_CHUNK:]:
                 session.on_live(event, frames)
 
@@ -353,18 +354,23 @@ class Hub:
         queue behind the frames not yet written, so a busy server writes several events
         per connection at once (and one WebSocket message, where the client allows)."""
         dirty = self._dirty
-        for _ in range(min(len(dirty), FLUSH_CHUNK)):
-            session = dirty.popleft()
-            session.scheduled = False
-            writer = session.writer
-            if writer is not None:
-                writer.flush(session)
+        self._write(FLUSH_CHUNK)
         if dirty:
             asyncio.get_running_loop().call_soon(self._flush)
         else:
             self._flushing = False
             if self._flushed is not None:
                 self._flushed.set()
+
+    def _write(self, count: int) -> None:
+        """Write what is queued on the first ``count`` scheduled sessions."""
+        dirty = self._dirty
+        for _ in range(min(len(dirty), count)):
+            session = dirty.popleft()
+            session.scheduled = False
+            writer = session.writer
+            if writer is not None:
+                writer.flush(session)
 
     # --- presence ------------------------------------------------------------------------
 
