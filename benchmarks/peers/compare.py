@@ -361,7 +361,9 @@ def _cell(p: Phase | None, key: str, unit: str, digits: int = 1) -> str:
 COLUMNS = [
     ("fanout", "websocket", "server_cpu_us_per_delivery", "µs", "WS fan-out: server CPU/event"),
     ("fanout", "sse", "server_cpu_us_per_delivery", "µs", "SSE fan-out: server CPU/event"),
+    ("latency", "websocket", "first_p50_ms", "ms", "WS first subscriber p50"),
     ("latency", "websocket", "p99_ms", "ms", "WS p99 publish→receive"),
+    ("latency", "sse", "first_p50_ms", "ms", "SSE first subscriber p50"),
     ("latency", "sse", "p99_ms", "ms", "SSE p99 publish→receive"),
     ("connections", "websocket", "server_rss_kib_per_connection", "KiB", "idle RSS per WS"),
     ("connections", "sse", "server_rss_kib_per_connection", "KiB", "idle RSS per SSE"),

@@ -47,6 +47,7 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
     "latency": [
         ("subscribers_connected", "subscribers"),
         ("deliveries", "deliveries"),
+        ("first_p50_ms", "first subscriber p50 ms"),
         ("p50_ms", "p50 ms"),
         ("p90_ms", "p90 ms"),
         ("p99_ms", "p99 ms"),

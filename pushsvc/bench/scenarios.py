@@ -158,6 +158,7 @@ class Audience:
     subs: list[Subscriber]
     latencies: array[float]
     all_done: asyncio.Event
+    firsts: dict[Any, float]  # each event's latency to its first subscriber
 
 
 @dataclass
@@ -432,6 +433,7 @@ class Bench:
         concurrency: int | None = None,
         times_ms: array[float] | None = None,
         keep_cursor: bool = False,
+        firsts: dict[Any, float] | None = None,
     ) -> tuple[list[Subscriber], int]:
         """``n`` subscribers of ``transport``: the i-th on ``channels(i)`` (default
         ``channel``) with the token ``tokens(i)`` (default the bench's), ``concurrency``
@@ -446,7 +448,7 @@ class Bench:
         async def one(i: int) -> None:
             nonlocal failed
             async with sem:
-                tally = Tally(target_count, latencies, ordered=self.dialect.ordered)
+                tally = Tally(target_count, latencies, self.dialect.ordered, firsts)
                 tally.on_target = on_target
                 tally.keep_cursor = keep_cursor
                 target = shared if tokens is None else dc_replace(shared, token=tokens(i))
@@ -535,8 +537,9 @@ class Bench:
             if finished >= len(subs):
                 all_done.set()
 
+        firsts: dict[Any, float] = {}
         opened, failed = await self.open_subscribers(
-            transport, n, channel, events, latencies, reached
+            transport, n, channel, events, latencies, reached, firsts=firsts
         )
         subs += opened
         if failed:
@@ -545,7 +548,7 @@ class Bench:
         if not subs:
             all_done.set()  # nobody to wait for
         await asyncio.sleep(self.o.settle)
-        return Audience(channel, subs, latencies, all_done)
+        return Audience(channel, subs, latencies, all_done, firsts)
 
     async def _audience_verdict(
         self, phase: Phase, audience: Audience, events: int, ok: bool, meter: Meter
@@ -676,6 +679,9 @@ class Bench:
             "publishes_late": late,
             **percentiles(latencies),
         }
+        first = percentiles(list(audience.firsts.values()))
+        phase.figures["first_p50_ms"] = first["p50_ms"]
+        phase.figures["first_p99_ms"] = first["p99_ms"]
         phase.latencies_ms = latencies
         return phase
 

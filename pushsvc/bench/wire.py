@@ -84,6 +84,7 @@ class Tally:
         "cursor",
         "done",
         "dups",
+        "firsts",
         "gaps",
         "joins",
         "keep_cursor",
@@ -99,7 +100,11 @@ class Tally:
     )
 
     def __init__(
-        self, target: int = 0, latencies: array[float] | None = None, ordered: bool = True
+        self,
+        target: int = 0,
+        latencies: array[float] | None = None,
+        ordered: bool = True,
+        firsts: dict[Any, float] | None = None,
     ) -> None:
         self.count = 0  # distinct events (ordered: in order)
         self.dups = 0
@@ -111,6 +116,9 @@ class Tally:
         self.target = target
         self.reached_at: float | None = None
         self.latencies = latencies
+        # shared by the subscribers of a phase: each event's latency to the first of them
+        # that received it (the generator reads its sockets in the order they are ready)
+        self.firsts = firsts
         self.cursor: str | None = None
         self.keep_cursor = False  # storms: keep the newest cursor of every event
         self.subscribed = asyncio.Event()
@@ -128,6 +136,7 @@ class Tally:
             return
         now_ms = time.time() * 1000.0
         lat = self.latencies
+        firsts = self.firsts
         seen = self.seen
         if seen is not None:
             for raw_ms, raw_seq in ids:
@@ -138,7 +147,10 @@ class Tally:
                 seen.add(seq)
                 self.count += 1
                 if lat is not None:
-                    lat.append(now_ms - int(raw_ms))
+                    value = now_ms - int(raw_ms)
+                    lat.append(value)
+                    if firsts is not None and seq not in firsts:
+                        firsts[seq] = value
         else:
             last = self.last
             for raw_ms, raw_seq in ids:
@@ -149,6 +161,8 @@ class Tally:
                     self.count += 1
                     if lat is not None:
                         lat.append(now_ms - ms)
+                        if firsts is not None and key not in firsts:
+                            firsts[key] = now_ms - ms
                 else:
                     self.dups += 1
             self.last = last
