@@ -133,6 +133,10 @@ class Authenticator:
         # itsdangerous signs with the LAST key of the list and verifies with all.
         self._serializer = URLSafeSerializer(list(reversed(secrets)), salt=SALT)
         self._api_keys = tuple(k.encode() for k in api_keys)
+        # one principal per key, shared as verified tokens' are (every publish has one)
+        self._api_principals = tuple(
+            Principal(subject=f"api-key:{i}", is_api_key=True) for i in range(len(api_keys))
+        )
         self.max_info_bytes = max_info_bytes
         # Tokens already verified (a long-poll sends its token with every request): a
         # signature check and a JSON parse cost more than the rest of a poll's routing.
@@ -228,7 +232,7 @@ class Authenticator:
         if allow_api_key:
             index = self.api_key_index(credential)
             if index is not None:
-                return Principal(subject=f"api-key:{index}", is_api_key=True)
+                return self._api_principals[index]
         cached = self._verified.get(credential)
         if cached is not None:
             if not cached.expired():

@@ -94,8 +94,8 @@ def _flag(raw: str | None, name: str) -> bool:
 
 def limit_publish(scope: Any, principal: Principal, count: int = 1) -> None:
     """Spend ``count`` publishes of the principal's per-instance rate (or raise 429)."""
-    st = scope["app"].state
-    limiter = st.api_key_limiter if principal.is_api_key else st.publish_limiter
+    st = scope["app"].state._state  # (as ``transports.asgi.state``)
+    limiter = st["api_key_limiter" if principal.is_api_key else "publish_limiter"]
     limiter.take(principal.subject, count)
 
 

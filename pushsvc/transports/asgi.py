@@ -34,8 +34,10 @@ class ClientGone(Exception):
 
 
 def state(scope: Any) -> tuple[Settings, Hub, Authenticator]:
-    st = scope["app"].state
-    return st.settings, st.hub, st.auth
+    # Starlette's State keeps its attributes in the dict ``_state``; reading them as
+    # attributes goes through a Python ``__getattr__`` each (three per request)
+    st = scope["app"].state._state
+    return st["settings"], st["hub"], st["auth"]
 
 
 async def serve_endpoint(
