@@ -211,6 +211,16 @@ class Meter:
         if s1 is not None and self._s0 is not None:
             self.server_cpu = s1 - self._s0
 
+    def server_us(self, count: int, digits: int = 3) -> float | None:
+        """The server's CPU per unit of ``count`` units, in µs (None: not measured)."""
+        if self.server_cpu is None or not count:
+            return None
+        return round(self.server_cpu / count * 1e6, digits)
+
+    def generator_us(self, count: int, digits: int = 3) -> float | None:
+        """The generator's CPU per unit, in µs."""
+        return round(self.gen_cpu / count * 1e6, digits) if count else None
+
     def fill(self, phase: Phase) -> None:
         if self.wall > 0:
             phase.generator_cpu = self.gen_cpu / self.wall
@@ -609,14 +619,8 @@ class Bench:
             "duplicated": dups,
             "seconds": round(meter.wall, 4),
             "deliveries_per_s": round(delivered / meter.wall, 1) if meter.wall else None,
-            "server_cpu_us_per_delivery": (
-                round(meter.server_cpu / delivered * 1e6, 3)
-                if meter.server_cpu is not None and delivered
-                else None
-            ),
-            "generator_cpu_us_per_delivery": (
-                round(meter.gen_cpu / delivered * 1e6, 3) if delivered else None
-            ),
+            "server_cpu_us_per_delivery": meter.server_us(delivered),
+            "generator_cpu_us_per_delivery": meter.generator_us(delivered),
             "server_events_per_write": self._server_per_write(before, after, transport),
             **percentiles(latencies),
         }
@@ -923,11 +927,7 @@ class Bench:
             "gaps": tally.gaps,
             "time_to_caught_up_s": round(meter.wall, 4),
             "replay_events_per_s": round(tally.count / meter.wall, 1) if meter.wall else None,
-            "server_cpu_us_per_event": (
-                round(meter.server_cpu / tally.count * 1e6, 3)
-                if meter.server_cpu is not None and tally.count
-                else None
-            ),
+            "server_cpu_us_per_event": meter.server_us(tally.count),
         }
         if isinstance(second, SUBSCRIBERS["long-polling"]):
             phase.figures["polls"] = getattr(second, "polls", None)
@@ -984,14 +984,8 @@ class Bench:
             "handshake_p90_ms": lat["p90_ms"],
             "handshake_p99_ms": lat["p99_ms"],
             "handshake_max_ms": lat["max_ms"],
-            "server_cpu_us_per_handshake": (
-                round(meter.server_cpu / done * 1e6, 2)
-                if meter.server_cpu is not None and done
-                else None
-            ),
-            "generator_cpu_us_per_handshake": (
-                round(meter.gen_cpu / done * 1e6, 2) if done else None
-            ),
+            "server_cpu_us_per_handshake": meter.server_us(done, 2),
+            "generator_cpu_us_per_handshake": meter.generator_us(done, 2),
         }
         return phase
 
@@ -1350,11 +1344,7 @@ class Bench:
             "messages_per_s": round(done * batch / meter.wall, 1) if meter.wall else None,
             "request_p50_ms": lat["p50_ms"],
             "request_p99_ms": lat["p99_ms"],
-            "server_cpu_us_per_message": (
-                round(meter.server_cpu / (done * batch) * 1e6, 3)
-                if meter.server_cpu is not None and done
-                else None
-            ),
+            "server_cpu_us_per_message": meter.server_us(done * batch),
         }
         return phase
 
