@@ -63,13 +63,13 @@ class Principal:
     info: dict[str, Any] = field(default_factory=dict)
 
     def can_subscribe(self, channel: str) -> bool:
-        return self.is_api_key or any(fnmatchcase(channel, p) for p in self.subscribe)
+        return self.is_api_key or _granted(channel, self.subscribe)
 
     def can_publish(self, channel: str) -> bool:
-        return self.is_api_key or any(fnmatchcase(channel, p) for p in self.publish)
+        return self.is_api_key or _granted(channel, self.publish)
 
     def can_presence(self, channel: str) -> bool:
-        return self.is_api_key or any(fnmatchcase(channel, p) for p in self.presence)
+        return self.is_api_key or _granted(channel, self.presence)
 
     def presence_info(self) -> bytes:
         """``info`` as presence stores it (compact JSON)."""
@@ -319,6 +319,12 @@ class Authenticator:
         """Stop a JWKS fetch in flight (the app's shutdown)."""
         if self.jwt is not None:
             await self.jwt.aclose()
+
+
+def _granted(channel: str, patterns: tuple[str, ...]) -> bool:
+    # "*" matches every name: the common grant, answered without a pattern match per
+    # request (a long-poll checks its channels on every poll)
+    return "*" in patterns or any(fnmatchcase(channel, p) for p in patterns)
 
 
 def _present(credential: str | None) -> str:
