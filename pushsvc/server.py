@@ -481,7 +481,8 @@ def protocols() -> tuple[str, str]:
 def uvicorn_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
     """Keyword arguments for ``uvicorn.Config`` (or ``uvicorn.run``) as ``pushsvc serve``
     gives them: ``protocols()``, permessage-deflate only with ``settings.ws_compression``,
-    frames up to ``settings.max_frame_bytes``; ``overrides`` (host, port, ...) win."""
+    frames up to ``settings.max_frame_bytes``, the access log only with
+    ``settings.access_log``; ``overrides`` (host, port, ...) win."""
     ws, http = protocols()
     options: dict[str, Any] = {
         "ws": ws,

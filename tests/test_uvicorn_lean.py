@@ -196,6 +196,7 @@ def test_the_installed_uvicorn_fits_the_lean_protocols(
         "http": HTTP_PROTOCOL,
         "ws_per_message_deflate": False,
         "ws_max_size": 1234,
+        "access_log": False,
         "port": 1,
     }
 
