@@ -86,9 +86,7 @@ async def _poll(scope: Scope, receive: Receive) -> bytes:
         if not session.queue and session.close_code is None:
             await session.wait(timeout)
         version = session.presence_version() if opening.presence_conn is not None else None
-        items = session.drain()
-        body = frames.poll_response(items, session.cursor, version)  # type: ignore[arg-type]
-        hub.metrics.poll.wrote(items)
+        body = _answer(session, version)
     finally:
         watch.stop()
         session.release()
@@ -109,18 +107,25 @@ async def _from_the_log(
     new = session.add_channels(channels)
     for c in new:
         session.seed(c, positions[c])  # type: ignore[arg-type]  # (the caller checked)
+    replayed = []
     for c in new:
         if session.batch_full():
             break
         await session.replay_log(c)
+        replayed.append(c)
     if not session.queue or session.close_code is not None:
         session.drop_channels(new)  # not answered: the live path subscribes afresh
         return None
-    for c in new:
+    for c in replayed:  # as catch_up counts them: the channels whose replay ran
         session.metrics.resumed(session, c)
+    return _answer(session, None)
+
+
+def _answer(session: Session, presence_version: str | None) -> bytes:
+    """The poll's answer: what is queued, and the cursor after it."""
     items = session.drain()
     session.hub.metrics.poll.wrote(items)
-    return frames.poll_response(items, session.cursor, None)  # type: ignore[arg-type]
+    return frames.poll_response(items, session.cursor, presence_version)  # type: ignore[arg-type]
 
 
 class DisconnectWatch:
